@@ -1,0 +1,50 @@
+"""Device, autocast and memory-format choices from a TrainConfig, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from model.config import TrainConfig
+from model.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; an unavailable cuda device is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available here: use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs): pick a lower index")
+    return device
+
+
+def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for `config.amp` (bf16 on CPU or GPU, fp16 on GPU only); a no-op for "none"."""
+    if config.amp == "none":
+        return contextlib.nullcontext()
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp=fp16 needs a CUDA device: use amp=bf16 on the CPU")
+    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def time_chunk(config: TrainConfig, device: torch.device) -> int:
+    """Samples per batched call over time: 8 on the CPU (cache-sized, DESIGN §3), all at once on a GPU."""
+    if config.time_chunk:
+        return config.time_chunk
+    return 8 if device.type == "cpu" else 0
+
+
+def to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float in [0, 1] on `device`, channels_last for the conv layers when asked."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if channels_last:
+        # channels_last is defined for 4-D tensors; a 5-D clip keeps the same strides per frame.
+        flat = x.flatten(0, x.dim() - 4).contiguous(memory_format=torch.channels_last)
+        x = flat.view(x.shape) if x.dim() == 4 else flat.unflatten(0, x.shape[:-3])
+    return x

@@ -1,0 +1,224 @@
+"""The trainer: one plain epoch loop with one hook, `on_epoch(epoch, metrics)` (DESIGN §2–§4).
+
+The hook may raise (e.g. optuna's TrialPruned) to stop training; the exception propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.checkpoint import save_checkpoint, save_json
+from model.clip import clip_loss, rollout
+from model.config import TrainConfig
+from model.data import DataSet, Videos
+from model.device import autocast, resolve_device, time_chunk, to_input
+from model.errors import DivergedError
+from model.metrics import psnr
+from model.net import CVAE
+from model.schedules import kl_beta, teacher_forcing_ratio
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class EvalResult:
+    psnr_per_frame: np.ndarray  # (V, L-1) PSNR of each predicted frame of each video, dB
+    val_psnr: float  # mean over videos of each video's mean over frames
+    preds: torch.Tensor | None = None  # (V, L-1, 3, H, W) float in [0, 1] when asked for
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: CVAE
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
+    val_psnr: float = float("nan")  # after the last epoch
+    best_val_psnr: float = float("nan")
+    psnr_per_frame: np.ndarray | None = None  # (V, L-1) of the last evaluation
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(name: str, params: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def stages(config: TrainConfig) -> list[tuple[str, str, float, int]]:
+    """(stage name, optimizer, lr, epochs): the main stage, then the optional SGD-style fine-tune (report §4.4)."""
+    out = [("main", config.optimizer, config.lr, config.epochs)]
+    if config.finetune_epochs:
+        out.append(("finetune", config.finetune_optimizer, config.finetune_lr, config.finetune_epochs))
+    return out
+
+
+def evaluate(
+    model: CVAE, videos: Videos, config: TrainConfig, device: torch.device | None = None, keep_preds: bool = False
+) -> EvalResult:
+    """Roll out every validation video from its first frame, z from the prior; PSNR per frame and overall.
+
+    The prior draws come from a generator seeded with config.seed, so the result depends only on the weights.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    frames = to_input(videos.frames, device, config.channels_last)  # (V, L, 3, H, W)
+    poses = to_input(videos.poses, device, config.channels_last)
+    with autocast(config, device):
+        preds = rollout(model, frames[:, 0], poses, gen, time_chunk(config, device))  # (V, L-1, 3, H, W)
+    per_frame = psnr(preds.flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(preds.shape[:2])
+    model.train(was_training)
+    pf = per_frame.cpu().numpy()
+    return EvalResult(pf, float(pf.mean(axis=1).mean()), preds.cpu() if keep_preds else None)
+
+
+def train(
+    config: TrainConfig, data: DataSet, on_epoch: EpochHook | None = None, resume: dict[str, Any] | None = None
+) -> TrainResult:
+    """Train the CVAE on `data` as `config` says, evaluating on the validation videos after every epoch.
+
+    Args:
+        on_epoch: called after each epoch with (epoch, metrics); may raise to stop.
+        resume: a checkpoint dict (from model.checkpoint.load_checkpoint) to continue from its next epoch.
+    Returns: TrainResult with the final model and per-epoch history.
+    Raises: DivergedError when the loss becomes NaN/inf (naming the epoch).
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model = CVAE.from_config(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        # nn.Module.compile() compiles forward in place, so state_dict keys (and checkpoints) stay the same.
+        for part in (model.frame_enc, model.posterior, model.fusion, model.generator):
+            part.compile()
+    chunk = time_chunk(config, device)
+    # One CPU generator drives shuffling and teacher-forcing draws, one on the device drives eps: both are
+    # checkpointed, so a resumed run continues the exact random stream.
+    cpu_gen = torch.Generator().manual_seed(config.seed)
+    dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    result = TrainResult(config=config, model=model, device=str(device))
+    out = Path(config.out) if config.out else None
+
+    plan = stages(config)
+    start_epoch, history = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        start_epoch, history = int(resume["epoch"]) + 1, list(resume["metrics"])
+        cpu_gen.set_state(resume["rng"]["cpu"])
+        dev_gen.set_state(resume["rng"]["device"].cpu() if device.type == "cpu" else resume["rng"]["device"])
+    result.history = history
+    best = max((m["val_psnr"] for m in history), default=-math.inf)
+
+    epoch0 = 0
+    for stage_name, opt_name, lr, n_epochs in plan:
+        stage_end = epoch0 + n_epochs
+        if start_epoch >= stage_end:
+            epoch0 = stage_end
+            continue
+        optimizer = make_optimizer(opt_name, model.parameters(), lr, config)
+        milestones = config.lr_milestones if stage_name == "main" else []
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+        if resume is not None and resume.get("stage") == stage_name and start_epoch > epoch0:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        for epoch in range(max(start_epoch, epoch0), stage_end):
+            t0 = time.perf_counter()
+            stats = _train_epoch(model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk)
+            scheduler.step()
+            ev = evaluate(model, data.val, config, device)
+            metrics = {"epoch": epoch, "stage": stage_name, **stats, "val_psnr": ev.val_psnr,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            history.append(metrics)
+            result.val_psnr, result.psnr_per_frame = ev.val_psnr, ev.psnr_per_frame
+            if out is not None:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "config": config.to_dict(), "epoch": epoch,
+                         "stage": stage_name, "metrics": history,
+                         "rng": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()}}
+                save_checkpoint(out / "last.pt", state)
+                if ev.val_psnr > best:
+                    save_checkpoint(out / "best.pt", state)
+                save_json(out / "metrics.json", {"config": config.to_dict(), "epochs": history})
+            best = max(best, ev.val_psnr)
+            log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch, stats["train_loss"], ev.val_psnr)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+        epoch0 = stage_end
+    result.best_val_psnr = best
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _train_epoch(
+    model: CVAE,
+    clips: Videos,
+    config: TrainConfig,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cpu_gen: torch.Generator,
+    dev_gen: torch.Generator,
+    device: torch.device,
+    chunk: int,
+) -> dict[str, Any]:
+    """One pass over (a `partial` share of) the training clips; returns the epoch's mean loss terms."""
+    model.train()
+    ratio, beta = teacher_forcing_ratio(config, epoch), kl_beta(config, epoch)
+    n_clips = clips.frames.shape[0]
+    order = torch.randperm(n_clips, generator=cpu_gen)[: max(1, int(n_clips * config.partial))]
+    use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)  # once per epoch (DESIGN §4)
+    sums = {"train_loss": 0.0, "mse": 0.0, "kl": 0.0}
+    n_batches, n_tf = 0, 0
+    for i in range(0, len(order), config.batch_size):
+        idx = order[i : i + config.batch_size]
+        if config.tf_granularity == "batch":
+            use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)
+        frames = to_input(clips.frames[idx], device, config.channels_last)  # (B, L, 3, H, W)
+        poses = to_input(clips.poses[idx], device, config.channels_last)
+        b, length = frames.shape[:2]
+        eps = torch.randn((length - 1, b, model.n_dim, *frames.shape[-2:]), generator=dev_gen, device=device)
+        with autocast(config, device):
+            terms = clip_loss(model, frames, poses, beta, use_tf, eps, chunk)
+        loss_value = float(terms.loss.detach())
+        if not math.isfinite(loss_value):
+            raise DivergedError(epoch, loss_value)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms.loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        sums["train_loss"] += loss_value
+        sums["mse"] += float(terms.mse)
+        sums["kl"] += float(terms.kl)
+        n_batches += 1
+        n_tf += int(use_tf)
+    means = {k: v / max(1, n_batches) for k, v in sums.items()}
+    return {**means, "beta": beta, "tfr": ratio, "teacher_forcing": n_tf / max(1, n_batches)}

@@ -1,0 +1,72 @@
+"""The CVAE: parameter counts, shapes, batched == step-by-step, reparameterisation."""
+
+import torch
+
+from model.clip import clip_loss, clip_loss_stepwise, rollout
+from model.net import CVAE, count_parameters, reparameterize
+
+
+def test_parameter_counts_match_the_template():
+    m = CVAE()
+    counts = {name: count_parameters(part) for name, part in m.named_children()}
+    assert counts == {"frame_enc": 193_568, "pose_enc": 16_832, "posterior": 8_289, "fusion": 617_768,
+                      "generator": 749_163}
+    assert count_parameters(m) == 1_585_620
+
+
+def test_step_shapes():
+    m = CVAE(16, 8, 4, 16)
+    x = torch.rand(2, 3, 8, 16)
+    pred, mu, logvar = m.step(x, x, x)
+    assert pred.shape == (2, 3, 8, 16) and mu.shape == logvar.shape == (2, 4, 8, 16)
+
+
+def test_reparameterize_uses_eps_and_tensor_device():
+    mu, logvar = torch.zeros(3, 2), torch.full((3, 2), 2 * torch.log(torch.tensor(3.0)).item())
+    eps = torch.ones(3, 2)
+    assert torch.allclose(reparameterize(mu, logvar, eps), torch.full((3, 2), 3.0))
+    assert reparameterize(mu, logvar).device == mu.device
+
+
+def _data(seed=0, b=2, length=6):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.rand(b, length, 3, 8, 16, generator=g)
+    poses = torch.rand(b, length, 3, 8, 16, generator=g)
+    eps = torch.randn(length - 1, b, 4, 8, 16, generator=g)
+    return frames, poses, eps
+
+
+def test_batched_equals_stepwise_loss_and_grads():
+    frames, poses, eps = _data()
+    for tf in (True, False):
+        for chunk in (0, 3):
+            torch.manual_seed(0)
+            a, b = CVAE(16, 8, 4, 16), CVAE(16, 8, 4, 16)
+            b.load_state_dict(a.state_dict())
+            la = clip_loss(a, frames, poses, 0.7, tf, eps, chunk)
+            lb = clip_loss_stepwise(b, frames, poses, 0.7, tf, eps)
+            torch.testing.assert_close(la.loss, lb.loss, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(la.kl, lb.kl, rtol=1e-5, atol=1e-6)
+            la.loss.backward()
+            lb.loss.backward()
+            for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+                torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+            # BatchNorm running statistics see the same per-step batches as the template
+            torch.testing.assert_close(a.pose_enc[2].running_mean, b.pose_enc[2].running_mean)
+
+
+def test_teacher_forcing_changes_the_loss():
+    frames, poses, eps = _data(1)
+    m = CVAE(16, 8, 4, 16)
+    assert clip_loss(m, frames, poses, 1.0, True, eps).loss != clip_loss(m, frames, poses, 1.0, False, eps).loss
+
+
+def test_rollout_is_clamped_seeded_and_ignores_future_frames():
+    frames, poses, _ = _data(2, b=2, length=5)
+    m = CVAE(16, 8, 4, 16).eval()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    p1 = rollout(m, frames[:, 0], poses, g1, block=2)
+    p2 = rollout(m, frames[:, 0], poses, g2, block=64)
+    assert p1.shape == (2, 4, 3, 8, 16)
+    assert p1.min() >= 0 and p1.max() <= 1
+    torch.testing.assert_close(p1, p2)
