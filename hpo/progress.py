@@ -22,8 +22,9 @@ class EpochBar:
 
     def __init__(self, total: int, desc: str, quiet: bool = False, lines: bool = False) -> None:
         self.total, self.lines, self.quiet = total, lines, quiet
-        self.bar = tqdm(total=total, desc=desc, unit="ep", leave=False, disable=quiet, file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=desc, unit="ep", leave=False, disable=quiet, file=sys.stderr, dynamic_ncols=True
+        )
 
     def __call__(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -33,3 +34,63 @@ class EpochBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+class TrialPrinter:
+    """Per-trial bar over epochs, one line per finished trial, a summary at the end (`hpo run`)."""
+
+    def __init__(self, study: Any, quiet: bool = False) -> None:
+        self.study, self.quiet = study, quiet
+        self.bar: EpochBar | None = None
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            tqdm.write(line, file=sys.stdout)
+
+    def epoch_hook(self, trial: Any, total: int) -> EpochBar:
+        self.bar = EpochBar(total, f"trial {trial.number}", quiet=self.quiet)
+        return self.bar
+
+    def trial_started(self, trial: Any) -> None:
+        pass  # the bar appears with the first epoch hook
+
+    def trial_finished(self, study: Any, frozen: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        state = frozen.state.name
+        secs = frozen.user_attrs.get("seconds")
+        value = (
+            frozen.value
+            if frozen.value is not None
+            else (frozen.intermediate_values[max(frozen.intermediate_values)] if frozen.intermediate_values else None)
+        )
+        try:
+            best = f"best {study.best_value:.2f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "best -"
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
+        reason = frozen.user_attrs.get("fail_reason", "")
+        psnr = f"{value:.2f} dB" if value is not None else "-"
+        self.say(
+            f"trial {frozen.number:>3} {state:<8} psnr {psnr:<9} {best}  "
+            f"{(f'{secs:.1f} s' if secs is not None else ''):>8}  {params}" + (f"  [{reason}]" if reason else "")
+        )
+
+    def summary(self, best_value: Any, best_number: Any, best_params: dict, result: Any, seconds: float) -> None:
+        line = (
+            f"done: {result.trials_run} trials here ({result.complete} complete, {result.pruned} pruned, "
+            f"{result.failed} failed; stopped by {result.stopped}) in {seconds:.1f} s"
+        )
+        if best_value is not None:
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in best_params.items())
+            line += f"; best val PSNR {best_value:.2f} dB (trial {best_number}): {params}"
+        else:
+            line += "; no complete trial yet"
+        print(line, file=sys.stdout)

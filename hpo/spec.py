@@ -30,8 +30,19 @@ log = logging.getLogger(__name__)
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 # Run settings are never searched (DESIGN §3): they say where and how, not what.
-RUN_SETTINGS = {"data", "cache_dir", "device", "amp", "channels_last", "compile", "time_chunk", "num_workers", "out",
-                "synth_train_frames", "synth_val_videos"}
+RUN_SETTINGS = {
+    "data",
+    "cache_dir",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "time_chunk",
+    "num_workers",
+    "out",
+    "synth_train_frames",
+    "synth_val_videos",
+}
 _TOP_KEYS = {"study", "sampler", "pruner", "fixed", "space", "enqueue", "profiles"}
 
 
@@ -53,8 +64,9 @@ class StudySpec:
 
     def space_json(self) -> str:
         """Canonical JSON of the search space: stored on the study to detect a changed space on reuse."""
-        return json.dumps({k: json.loads(distribution_to_json(d)) for k, d in sorted(self.space.items())},
-                          sort_keys=True)
+        return json.dumps(
+            {k: json.loads(distribution_to_json(d)) for k, d in sorted(self.space.items())}, sort_keys=True
+        )
 
     def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """The fixed fields (+ overrides) as a validated TrainConfig: what every trial starts from."""
@@ -119,11 +131,13 @@ def _parse(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
         if profile not in spec.profiles:
             raise SpecError(f"{path}: unknown profile {profile!r}: use one of {sorted(spec.profiles) or 'none'}")
         prof = spec.profiles[profile]
-        extra = set(prof) - {"description", "fixed", "space"}
+        extra = set(prof) - {"description", "fixed", "space", "enqueue"}
         if extra:
-            raise SpecError(f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space")
+            raise SpecError(f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space, enqueue")
         fixed.update(prof.get("fixed", {}))
         space_raw.update(prof.get("space", {}))
+        if "enqueue" in prof:  # a profile that narrows the space brings its own warm-start configs
+            raw = {**raw, "enqueue": prof["enqueue"]}
         spec.profile = profile
     spec.fixed = {k: coerce(k, v) for k, v in fixed.items()}
     spec.space = {k: parse_distribution(k, v) for k, v in space_raw.items()}
@@ -157,9 +171,9 @@ def parse_distribution(name: str, d: Any) -> BaseDistribution:
     if kind not in ("float", "int"):
         raise SpecError(f"space.{name}: type must be float, int or categorical, got {kind!r}")
     if kind == "float" and types[name] is not float:
-        raise SpecError(f"space.{name}: field {name} is not a float field: use type = \"int\" or categorical")
+        raise SpecError(f'space.{name}: field {name} is not a float field: use type = "int" or categorical')
     if kind == "int" and types[name] is not int:
-        raise SpecError(f"space.{name}: field {name} is not an int field: use type = \"float\" or categorical")
+        raise SpecError(f'space.{name}: field {name} is not an int field: use type = "float" or categorical')
     if "low" not in d or "high" not in d:
         raise SpecError(f"space.{name}: give both low and high")
     low, high, log_, step = d["low"], d["high"], bool(d.get("log", False)), d.get("step")
@@ -190,14 +204,23 @@ def _warn_cycle(spec: StudySpec) -> None:
     d = spec.space.get("kl_anneal_cycle")
     high = d.high if isinstance(d, IntDistribution) else spec.fixed.get("kl_anneal_cycle", TrainConfig.kl_anneal_cycle)
     if high >= epochs:
-        log.warning("kl_anneal_cycle can reach %s with only %s epochs: Cyclical beta is then 0 every epoch; "
-                    "narrow the cycle range in the spec", high, epochs)
+        log.warning(
+            "kl_anneal_cycle can reach %s with only %s epochs: Cyclical beta is then 0 every epoch; "
+            "narrow the cycle range in the spec",
+            high,
+            epochs,
+        )
 
 
 def spec_summary(spec: StudySpec) -> dict[str, Any]:
     """What is stored on the study (user attrs) so any worker, `status` and `report` see the same truth."""
-    return {"spec_path": str(spec.path), "profile": spec.profile, "space": spec.space_json(),
-            "fixed": json.dumps(spec.fixed, sort_keys=True), "direction": spec.direction}
+    return {
+        "spec_path": str(spec.path),
+        "profile": spec.profile,
+        "space": spec.space_json(),
+        "fixed": json.dumps(spec.fixed, sort_keys=True),
+        "direction": spec.direction,
+    }
 
 
 def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
@@ -205,8 +228,12 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
     attrs = study.user_attrs
     direction = "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
     if direction != spec.direction:
-        raise SpecError(f"study {study.study_name!r} exists with direction {direction}, the spec says "
-                        f"{spec.direction}: name a new study with --study-name {study.study_name}-2")
+        raise SpecError(
+            f"study {study.study_name!r} exists with direction {direction}, the spec says "
+            f"{spec.direction}: name a new study with --study-name {study.study_name}-2"
+        )
     if "space" in attrs and attrs["space"] != spec.space_json():
-        raise SpecError(f"study {study.study_name!r} exists with a different search space (profile "
-                        f"{attrs.get('profile') or 'none'!r}): name a new study with --study-name {study.study_name}-2")
+        raise SpecError(
+            f"study {study.study_name!r} exists with a different search space (profile "
+            f"{attrs.get('profile') or 'none'!r}): name a new study with --study-name {study.study_name}-2"
+        )

@@ -58,8 +58,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or not a checkpoint ({type(exc).__name__}): "
-                              "re-create it or pick another") from None
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is truncated or not a checkpoint ({type(exc).__name__}): "
+            "re-create it or pick another"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {str(p)!r} lacks model weights or config: it was not written by vp-hpo")
     return state
@@ -91,5 +93,9 @@ def model_from_checkpoint(state: dict[str, Any], expect: TrainConfig | None = No
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint weights do not fit the model ({first}): it is from another model shape") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit the model ({first}): it is from another model shape"
+        ) from None
+    if config.channels_last:  # same memory format as in training, so outputs match bit for bit
+        model = model.to(memory_format=torch.channels_last)
     return model

@@ -11,7 +11,7 @@ from model.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available else cpu; an unavailable cuda device is a ConfigError."""
+    """ "auto" -> cuda when available else cpu; an unavailable cuda device is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

@@ -152,15 +152,27 @@ def train(
             stats = _train_epoch(model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk)
             scheduler.step()
             ev = evaluate(model, data.val, config, device)
-            metrics = {"epoch": epoch, "stage": stage_name, **stats, "val_psnr": ev.val_psnr,
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            metrics = {
+                "epoch": epoch,
+                "stage": stage_name,
+                **stats,
+                "val_psnr": ev.val_psnr,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
             history.append(metrics)
             result.val_psnr, result.psnr_per_frame = ev.val_psnr, ev.psnr_per_frame
             if out is not None:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "config": config.to_dict(), "epoch": epoch,
-                         "stage": stage_name, "metrics": history,
-                         "rng": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()}}
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "config": config.to_dict(),
+                    "epoch": epoch,
+                    "stage": stage_name,
+                    "metrics": history,
+                    "rng": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()},
+                }
                 save_checkpoint(out / "last.pt", state)
                 if ev.val_psnr > best:
                     save_checkpoint(out / "best.pt", state)

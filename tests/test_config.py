@@ -23,7 +23,14 @@ def test_toml_and_sets(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('lr = 3e-4\nepochs = 5\nkl_anneal_type = "Monotonic"\nlr_milestones = [2, 5]\n')
     c = load_config(p, ["epochs=3", "tfr=0.5", "amp=bf16", "channels_last=false", "lr_milestones=1,4"])
-    assert (c.lr, c.epochs, c.tfr, c.kl_anneal_type, c.amp, c.channels_last) == (3e-4, 3, 0.5, "Monotonic", "bf16", False)
+    assert (c.lr, c.epochs, c.tfr, c.kl_anneal_type, c.amp, c.channels_last) == (
+        3e-4,
+        3,
+        0.5,
+        "Monotonic",
+        "bf16",
+        False,
+    )
     assert c.lr_milestones == [1, 4]
 
 

@@ -9,8 +9,13 @@ from model.net import CVAE, count_parameters, reparameterize
 def test_parameter_counts_match_the_template():
     m = CVAE()
     counts = {name: count_parameters(part) for name, part in m.named_children()}
-    assert counts == {"frame_enc": 193_568, "pose_enc": 16_832, "posterior": 8_289, "fusion": 617_768,
-                      "generator": 749_163}
+    assert counts == {
+        "frame_enc": 193_568,
+        "pose_enc": 16_832,
+        "posterior": 8_289,
+        "fusion": 617_768,
+        "generator": 749_163,
+    }
     assert count_parameters(m) == 1_585_620
 
 

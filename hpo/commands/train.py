@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from model.data import load_data
+
 from hpo.progress import EpochBar
 from model.config import load_config
-from model.data import load_data
 from model.metrics import copy_last_psnr
 from model.train import stages, train
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("train", parents=[common], help="one training run of a config (TOML + --set overrides)",
-                       description="Train the CVAE once. Without a file, the TrainConfig defaults are used; with "
-                       "data empty, the built-in synthetic set. Writes last.pt, best.pt and metrics.json to `out` "
-                       "(default runs/train).")
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="one training run of a config (TOML + --set overrides)",
+        description="Train the CVAE once. Without a file, the TrainConfig defaults are used; with "
+        "data empty, the built-in synthetic set. Writes last.pt, best.pt and metrics.json to `out` "
+        "(default runs/train).",
+    )
     p.add_argument("config", nargs="?", help="TrainConfig TOML file (e.g. one written by `hpo export`)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field (repeatable)")
     p.set_defaults(func=run)
@@ -28,14 +33,18 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(config)
     total = sum(n for *_, n in stages(config))
     if not args.quiet:
-        print(f"data {data.source}: {data.train.frames.shape[0]} clips, {data.val.frames.shape[0]} val videos; "
-              f"copy-last-frame baseline {copy_last_psnr(data.val.frames):.2f} dB; device {config.device}; "
-              f"out {config.out}")
+        print(
+            f"data {data.source}: {data.train.frames.shape[0]} clips, {data.val.frames.shape[0]} val videos; "
+            f"copy-last-frame baseline {copy_last_psnr(data.val.frames):.2f} dB; device {config.device}; "
+            f"out {config.out}"
+        )
     bar = EpochBar(total, "train", quiet=args.quiet, lines=True)
     try:
         result = train(config, data, on_epoch=bar)
     finally:
         bar.close()
-    print(f"val PSNR {result.val_psnr:.2f} dB (best {result.best_val_psnr:.2f}) after {len(result.history)} epochs "
-          f"in {result.seconds:.1f} s on {result.device}; checkpoint {config.out}/last.pt")
+    print(
+        f"val PSNR {result.val_psnr:.2f} dB (best {result.best_val_psnr:.2f}) after {len(result.history)} epochs "
+        f"in {result.seconds:.1f} s on {result.device}; checkpoint {config.out}/last.pt"
+    )
     return 0

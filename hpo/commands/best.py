@@ -1,0 +1,29 @@
+"""`hpo best --study NAME [--json]`: the best trial's value, params and config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hpo import results
+from hpo.storage import open_storage, resolve_url
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("best", parents=[common], help="show the best trial of a study")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+    p.add_argument("--json", action="store_true", help="print JSON (value, params, complete config)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    study = results.load(open_storage(resolve_url(args.storage)), args.study)
+    best = results.best_dict(study)
+    if args.json:
+        print(json.dumps(best, indent=1, sort_keys=True))
+        return 0
+    print(f"study {best['study']}: best trial {best['trial']}, val PSNR {best['value']:.4f} dB")
+    for k, v in best["params"].items():
+        print(f"  {k} = {v}")
+    return 0

@@ -1,0 +1,32 @@
+"""`hpo status [--study NAME]`: every study's trials by state, best value, and what runs now."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpo import results
+from hpo.storage import mask_url, open_storage, reap_stale, resolve_url
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="trials by state, best PSNR and running trials per study")
+    p.add_argument("--study", help="only this study (default: every study in the storage)")
+    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url = resolve_url(args.storage)
+    storage = open_storage(url)
+    names = [results.load(storage, args.study).study_name] if args.study else results.study_names(storage)
+    print(f"storage {mask_url(url)}: {len(names)} stud{'y' if len(names) == 1 else 'ies'}")
+    for name in names:
+        study = results.load(storage, name)
+        reaped = reap_stale(study)  # Optuna reaps only when a live worker starts a trial (DESIGN §7)
+        st = results.status(study)
+        counts = ", ".join(f"{k.lower()} {v}" for k, v in st.counts.items() if v)
+        best = f"{st.best_value:.2f} dB (trial {st.best_number})" if st.best_value is not None else "-"
+        print(f"{name}: {counts or 'no trials'}; best {best}" + (f"; reaped {reaped} stale" if reaped else ""))
+        for number, where in st.running:
+            print(f"  running: trial {number} on {where}")
+    return 0

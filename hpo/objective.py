@@ -1,0 +1,114 @@
+"""The objective: spec + trial -> TrainConfig -> `train()`; per-epoch PSNR reported, pruning through the hook."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from model.data import DataSet, load_data
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from hpo.spec import StudySpec
+from model.config import TrainConfig
+from model.train import EpochHook, TrainResult, stages, train
+
+# Per-epoch curves kept as user attrs (small lists of floats: large attrs slow the dashboard, DESIGN §8).
+CURVES = ("train_loss", "beta", "tfr", "val_psnr")
+
+# Fields that change what load_data returns; trials sharing them share one in-memory data set.
+_DATA_FIELDS = (
+    "data",
+    "cache_dir",
+    "frame_h",
+    "frame_w",
+    "train_vi_len",
+    "val_vi_len",
+    "synth_train_frames",
+    "synth_val_videos",
+    "seed",
+)
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask the trial for one parameter with the public suggest_* API."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise TypeError(f"unsupported distribution {dist!r}")
+
+
+class DataCache:
+    """Load each distinct data set once per worker process (every trial of a study usually shares one)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], DataSet] = {}
+
+    def get(self, config: TrainConfig) -> DataSet:
+        key = tuple(getattr(config, f) for f in _DATA_FIELDS)
+        if key not in self._cache:
+            self._cache.clear()  # keep at most one data set in memory
+            self._cache[key] = load_data(config)
+        return self._cache[key]
+
+
+class Objective:
+    """Callable objective for `run_worker`: returns the final validation PSNR (maximised).
+
+    Args:
+        spec: the study spec (fixed fields and search space).
+        overrides: CLI `--set`/`--data`/`--device` values applied on top of every trial's config.
+        epoch_hook_factory: optional, makes a per-trial progress hook `(trial, total_epochs) -> EpochHook`.
+        after_train: optional, called with (trial, config, data, result) while the trial is still RUNNING
+            (artifacts attach only to running trials, DESIGN §8).
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        overrides: dict[str, Any] | None = None,
+        epoch_hook_factory: Callable[[optuna.Trial, int], EpochHook] | None = None,
+        after_train: Callable[[optuna.Trial, TrainConfig, DataSet, TrainResult], None] | None = None,
+    ) -> None:
+        self.spec, self.overrides = spec, dict(overrides or {})
+        self.epoch_hook_factory, self.after_train = epoch_hook_factory, after_train
+        self.data = DataCache()
+
+    def config_for(self, trial: optuna.Trial) -> TrainConfig:
+        params = {name: suggest(trial, name, dist) for name, dist in self.spec.space.items()}
+        return self.spec.trial_config(params, self.overrides)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = self.config_for(trial)
+        data = self.data.get(config)
+        started = time.perf_counter()
+        total = sum(n for *_, n in stages(config))
+        progress = self.epoch_hook_factory(trial, total) if self.epoch_hook_factory else None
+        curves: dict[str, list[float]] = {k: [] for k in CURVES}
+        trial.set_user_attr("host", trial.user_attrs.get("host", socket.gethostname()))
+        # The complete config makes `hpo export` exact, whatever --set/--data the worker ran with.
+        trial.set_user_attr("config", json.dumps(config.to_dict(), sort_keys=True))
+
+        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            for k in CURVES:
+                curves[k].append(round(float(metrics[k]), 6))
+                trial.set_user_attr(k, curves[k])
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            if progress is not None:
+                progress(epoch, metrics)
+            trial.report(float(metrics["val_psnr"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val PSNR {metrics['val_psnr']:.2f} dB")
+
+        result = train(config, data, on_epoch=on_epoch)
+        trial.set_user_attr("device", result.device)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        if self.after_train is not None:
+            self.after_train(trial, config, data, result)
+        return float(result.val_psnr)

@@ -1,0 +1,185 @@
+"""Decode PNGs once into a uint8 .npy cache that every later load memory-maps (DESIGN §5).
+
+A cache file holds the decoded, resized images of one ordered file list as (N, 3, H, W) uint8. Its name
+carries a key hashed from the files' names, sizes and mtimes and the frame size, so any change selects a
+new file and the stale one is removed. It is built under a file lock into a temporary file and renamed
+into place, so processes starting together build it once and never read a half-written one.
+
+This module imports no torch: decode workers are spawned processes and should start quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image
+
+from model.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1  # bump when the decoded content changes (resampling, layout), to retire old caches
+POOL_MIN_FILES = 1000  # below this a process pool costs more to start than it saves
+MAX_WORKERS = 8
+# What PIL raises on a truncated, corrupt or non-image file.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+
+
+def cache_key(files: Sequence[Path], root: Path, size: tuple[int, int]) -> str:
+    """Hash of the files' names (relative to root), sizes and mtimes, and the frame size (H, W)."""
+    digest = hashlib.sha256(f"v{VERSION} {size[0]}x{size[1]}\n".encode())
+    for path in files:
+        st = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """One image file -> uint8 (3, H, W) RGB, resized with PIL's antialiased bilinear filter.
+
+    Raises whatever PIL raises on a bad file (see DECODE_ERRORS).
+    """
+    h, w = size
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")  # forces the full decode, so corrupt data fails here
+    if rgb.size != (w, h):
+        # For large downscales PIL first reduces by an integer factor (box filter), then resamples.
+        rgb = rgb.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+def _decode_range(paths: list[str], out_path: str, start: int, size: tuple[int, int]) -> list[tuple[int, str]]:
+    """Decode paths into rows start.. of the .npy at out_path; returns (index, reason) of failures."""
+    out = np.load(out_path, mmap_mode="r+")
+    errors: list[tuple[int, str]] = []
+    for i, path in enumerate(paths):
+        try:
+            out[start + i] = decode_image(path, size)
+        except DECODE_ERRORS as exc:
+            errors.append((start + i, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    out.flush()
+    del out
+    return errors
+
+
+def decode_to_file(files: Sequence[Path], size: tuple[int, int], out_path: Path) -> list[tuple[int, str]]:
+    """Decode `files` into a new (N, 3, H, W) uint8 .npy at out_path, in a process pool when there are many.
+
+    Workers write straight into the memory-mapped file, so nothing large is pickled between processes.
+
+    Returns:
+        (index into files, reason) for every file that could not be decoded; [] when all were.
+    """
+    arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(len(files), 3, *size))
+    del arr  # header written; the workers reopen it
+    names = [str(f) for f in files]
+    workers = min(MAX_WORKERS, _cpu_count(), math.ceil(len(files) / (POOL_MIN_FILES // 2)))
+    if len(files) < POOL_MIN_FILES or workers < 2:
+        return _decode_range(names, str(out_path), 0, size)
+    step = math.ceil(len(files) / (workers * 4))  # a few chunks per worker evens out slow files
+    errors: list[tuple[int, str]] = []
+    # spawn, not fork: the parent may hold torch's thread pools, which fork can leave deadlocked.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [
+            pool.submit(_decode_range, names[i : i + step], str(out_path), i, size) for i in range(0, len(names), step)
+        ]
+        for job in jobs:
+            errors.extend(job.result())
+    return sorted(errors)
+
+
+def find_bad_files(files: Sequence[Path], size: tuple[int, int]) -> list[tuple[int, str]]:
+    """Decode `files` into a scratch file only to find those that fail (no cache is written)."""
+    with tempfile.TemporaryDirectory(prefix="hpo-decode-") as tmp:
+        return decode_to_file(files, size, Path(tmp) / "scratch.npy")
+
+
+def load_cached(
+    files: Sequence[Path], root: Path, cache_dir: Path, tag: str, size: tuple[int, int]
+) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
+    """The decoded (N, 3, H, W) uint8 images of `files`, from the cache or decoded now and cached.
+
+    The array is a copy-on-write memory map of the cache file: processes on one machine share its pages.
+
+    Returns:
+        (array, []) on success, or (None, failures) when some files could not be decoded (nothing cached).
+
+    Raises:
+        DataError: the cache folder cannot be written.
+    """
+    key = cache_key(files, root, size)
+    stem = f"{tag}-{size[0]}x{size[1]}"
+    path = cache_dir / f"{stem}-{key}.npy"
+    arr = _open(path, len(files), size)
+    if arr is not None:
+        logger.debug("decode cache hit: %s", path)
+        return arr, []
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(cache_dir / f"{stem}.lock"):
+            arr = _open(path, len(files), size)  # another process may have built it while we waited
+            if arr is not None:
+                return arr, []
+            return _build(files, path, stem, size)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the decode cache in {cache_dir} ({exc.strerror or exc}): "
+            "make it writable or point cache_dir elsewhere (--set cache_dir=DIR)"
+        ) from None
+
+
+def _build(files: Sequence[Path], path: Path, stem: str, size: tuple[int, int]) -> tuple[np.ndarray | None, list]:
+    """Decode into a temp file and rename it into place; remove stale caches of the same stem."""
+    for old in path.parent.glob(f"{stem}-*.npy*"):
+        if old != path:  # older keys and temp files of crashed builds; nobody else builds under our lock
+            old.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    started = time.perf_counter()
+    logger.info("decoding %d images into %s", len(files), path)
+    try:
+        errors = decode_to_file(files, size, tmp)
+        if errors:
+            tmp.unlink(missing_ok=True)
+            return None, errors
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the rename must never expose a file whose data is not on disk
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("decoded %d images in %.1f s", len(files), time.perf_counter() - started)
+    arr = _open(path, len(files), size)
+    if arr is None:
+        raise DataError(f"decode cache {path} was written but cannot be read back: check the disk, then retry")
+    return arr, []
+
+
+def _open(path: Path, n: int, size: tuple[int, int]) -> np.ndarray | None:
+    """Memory-map a cache file; None if it is missing or not the expected array."""
+    try:
+        arr = np.load(path, mmap_mode="c")
+    except (OSError, ValueError):
+        return None
+    if arr.dtype != np.uint8 or arr.shape != (n, 3, *size):
+        return None
+    return arr
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,111 @@
+"""Study specs: the shipped ones load; every bad spec or run option is one line, exit 2, nothing in the storage."""
+
+import textwrap
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from hpo.cli import main
+from hpo.errors import SpecError
+from hpo.spec import load_spec
+
+GOOD = """
+[study]
+name = "t"
+[fixed]
+epochs = 3
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+
+
+def test_vp_bo_space_is_the_repaired_report_space():
+    spec = load_spec("vp-bo")
+    assert spec.space["lr"] == FloatDistribution(1e-5, 2e-3, log=True)
+    assert spec.space["tfr"] == FloatDistribution(0.3, 1.0)
+    assert spec.space["tfr_sde"] == IntDistribution(5, 20)
+    assert spec.space["tfr_d_step"] == FloatDistribution(0.0, 0.5)
+    assert spec.space["kl_anneal_cycle"] == IntDistribution(5, 20)
+    assert spec.space["kl_anneal_ratio"] == FloatDistribution(0.1, 1.0)
+    assert spec.space["kl_anneal_type"] == CategoricalDistribution(["Cyclical", "Monotonic", "None"])
+    assert spec.fixed["epochs"] == 70 and spec.fixed["val_vi_len"] == 630
+    assert spec.enqueue[0]["tfr"] == 0.8 and spec.enqueue[0]["kl_anneal_type"] == "Cyclical"
+
+
+def test_small_profile_narrows_cycles_below_epochs():
+    spec = load_spec("vp-bo", "small")
+    assert spec.profile == "small"
+    assert spec.space["kl_anneal_cycle"].high < spec.fixed["epochs"]
+    assert spec.base_config().f_dim < 128
+    assert all(spec.space[k]._contains(spec.space[k].to_internal_repr(v)) for k, v in spec.enqueue[0].items())
+
+
+def test_trial_config_layers_fixed_params_overrides():
+    spec = load_spec("vp-bo", "small")
+    c = spec.trial_config({"lr": 3e-4, "tfr": 0.5}, {"device": "cpu", "epochs": 2})
+    assert (c.lr, c.tfr, c.device, c.epochs, c.f_dim) == (3e-4, 0.5, "cpu", 2, spec.fixed["f_dim"])
+
+
+def write(tmp_path, text):
+    p = tmp_path / "s.toml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (GOOD + "[space.lrr]\ntype='float'\nlow=1\nhigh=2\n", "unknown field 'lrr' in the search space"),
+        (GOOD.replace("epochs = 3", "epoch = 3"), "unknown config field 'epoch'"),
+        (GOOD.replace("epochs = 3", 'epochs = "3"'), "epochs expects an integer"),
+        (GOOD.replace("low = 1e-4", "low = 1e-1"), r"low \(0.1\) must be < high"),
+        (GOOD.replace("low = 1e-4", "low = 0.0"), "log scale needs low > 0"),
+        (GOOD + "[space.kl_anneal_type]\nchoices = []\n", "empty categorical"),
+        (GOOD + "[space.tfr_sde]\ntype='float'\nlow=1\nhigh=2\n", "not a float field"),
+        (GOOD + "[space.device]\nchoices=['cpu']\n", "run setting"),
+        (GOOD + "[[enqueue]]\nlr = 0.5\n", "outside its search space"),
+        (GOOD.replace("[fixed]", "[fixd]"), "unknown table"),
+        ("[space.lr\n", "TOML syntax error.*line 1"),
+    ],
+)
+def test_bad_specs(tmp_path, text, match):
+    with pytest.raises(SpecError, match=match):
+        load_spec(write(tmp_path, text))
+
+
+def test_unknown_study_lists_known():
+    with pytest.raises(SpecError, match="unknown study 'nope'.*vp-bo"):
+        load_spec("nope")
+
+
+def run_cli(tmp_path, capsys, *args):
+    db = tmp_path / "s.db"
+    code = main(["run", "--storage", f"sqlite:///{db}", "-q", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err, db
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--study", "nope"], "unknown study 'nope'"),
+        (["--study", "smoke", "--sampler", "bogus"], "unknown sampler 'bogus'"),
+        (["--study", "smoke", "--pruner", "bogus"], "unknown pruner 'bogus'"),
+        (["--study", "smoke", "--set", "nope=1"], "unknown config field 'nope'"),
+        (["--study", "smoke", "--set", "epochs=two"], "expects an integer"),
+        (["--study", "smoke", "--n-trials", "0"], "--n-trials must be > 0"),
+        (["--study", "smoke", "--n-trials", "-3"], "--n-trials must be > 0"),
+        (["--study", "smoke", "--set", "kl_anneal_ratio=-1"], "kl_anneal_ratio must be > 0"),
+        (["--study", "smoke", "--set", "lr=1e-3"], "lr is searched"),
+        (["--study", "missing/spec.toml"], "not found"),
+    ],
+)
+def test_run_bad_input_is_one_line_exit_2_nothing_created(tmp_path, capsys, args, match):
+    code, err, db = run_cli(tmp_path, capsys, *args)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert pytest.importorskip("re").search(match, err[0]), err[0]
+    assert not db.exists(), "a bad invocation must not create the storage"

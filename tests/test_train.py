@@ -1,0 +1,105 @@
+"""The trainer on the synthetic set: learns, is deterministic, stops on NaN, checkpoints round-trip."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.config import TrainConfig
+from model.errors import DivergedError
+from model.metrics import copy_last_psnr
+from model.synth import synthetic_data
+from model.train import evaluate, train
+
+TINY = dict(epochs=2, batch_size=2, train_vi_len=4, val_vi_len=6, frame_h=8, frame_w=16, f_dim=8, l_dim=4,
+            n_dim=4, d_out_dim=8, synth_train_frames=24, device="cpu", kl_anneal_cycle=1, seed=3)
+
+
+def tiny(**kw):
+    return TrainConfig(**{**TINY, **kw}).validate()
+
+
+@pytest.mark.slow
+def test_three_epochs_beat_copy_last_frame_by_3_db():
+    # Shrunk dims/frames (the test may shrink them through the config); same maths as the default model.
+    config = TrainConfig(epochs=3, batch_size=4, train_vi_len=8, val_vi_len=32, frame_h=16, frame_w=32, f_dim=32,
+                         l_dim=8, n_dim=4, d_out_dim=32, synth_train_frames=256, tfr=1.0, tfr_sde=10,
+                         kl_anneal_type="Monotonic", kl_anneal_cycle=1, lr=2e-3, device="cpu", time_chunk=0).validate()
+    data = synthetic_data(config)
+    baseline = copy_last_psnr(data.val.frames)
+    result = train(config, data)
+    assert result.val_psnr >= baseline + 3.0, (result.val_psnr, baseline)
+
+
+def test_history_hook_and_determinism():
+    config = tiny()
+    data = synthetic_data(config)
+    seen = []
+    a = train(config, data, on_epoch=lambda e, m: seen.append((e, m["val_psnr"])))
+    b = train(config, data)
+    assert [e for e, _ in seen] == [0, 1]
+    keys = {"epoch", "stage", "train_loss", "mse", "kl", "beta", "tfr", "teacher_forcing", "val_psnr", "lr", "seconds"}
+    assert keys <= set(a.history[0])
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha["train_loss"] == hb["train_loss"] and ha["val_psnr"] == hb["val_psnr"]
+    assert a.psnr_per_frame.shape == (1, 5)
+    assert math.isclose(a.val_psnr, float(a.psnr_per_frame.mean()), rel_tol=1e-6)
+
+
+def test_hook_may_raise_to_stop():
+    class Stop(Exception):
+        pass
+
+    def hook(epoch, metrics):
+        raise Stop(epoch)
+
+    with pytest.raises(Stop):
+        train(tiny(), synthetic_data(tiny()), on_epoch=hook)
+
+
+def test_nan_loss_raises_diverged_naming_the_epoch():
+    config = tiny(optimizer="SGD", lr=1e12, momentum=0.0, grad_clip=0.0, epochs=3)
+    with pytest.raises(DivergedError, match=r"diverged at epoch \d"):
+        train(config, synthetic_data(config))
+
+
+def test_checkpoint_round_trip_identical_outputs(tmp_path):
+    config = tiny(out=str(tmp_path / "run"))
+    data = synthetic_data(config)
+    result = train(config, data)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 1 and len(state["metrics"]) == 2 and state["config"]["f_dim"] == 8
+    model = model_from_checkpoint(state)
+    a = evaluate(result.model, data.val, config, keep_preds=True)
+    b = evaluate(model, data.val, config, keep_preds=True)
+    assert torch.equal(a.preds, b.preds)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics["epochs"]] == [0, 1]
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert not list((tmp_path / "run").glob("*.tmp")), "no temp files left behind"
+
+
+def test_finetune_stage_runs_after_main():
+    config = tiny(epochs=1, finetune_epochs=1, finetune_optimizer="SGD", finetune_lr=1e-3)
+    result = train(config, synthetic_data(config))
+    assert [m["stage"] for m in result.history] == ["main", "finetune"]
+    assert result.history[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    full = train(tiny(epochs=3), synthetic_data(tiny()))
+    config = tiny(epochs=3, out=str(tmp_path / "r"))
+
+    class Kill(Exception):
+        pass
+
+    def die_after_first(epoch, metrics):
+        if epoch == 0:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(config, synthetic_data(config), on_epoch=die_after_first)
+    resumed = train(config, synthetic_data(config), resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert [m["val_psnr"] for m in resumed.history] == [m["val_psnr"] for m in full.history]
