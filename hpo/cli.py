@@ -15,7 +15,7 @@ import traceback
 from model.errors import UsageError
 
 # One module per command; order is the order `hpo --help` lists them.
-COMMANDS: tuple[str, ...] = ("train", "data")
+COMMANDS: tuple[str, ...] = ("train", "retrain", "predict", "top", "data", "report", "dashboard")
 
 EXIT_USAGE = 2
 

@@ -15,3 +15,7 @@ class StorageError(UsageError):
 
 class StudyError(UsageError):
     """A study does not exist, or has no trial to report or export."""
+
+
+class DashboardError(UsageError):
+    """The dashboard cannot listen where asked (port in use, unknown host)."""

@@ -71,6 +71,7 @@ class TrainConfig:
     time_chunk: int = 0  # samples per batched call over time (0 = auto: 8 on CPU, all on GPU)
     num_workers: int = 0  # DataLoader workers (the data is an in-memory uint8 tensor)
     out: str = ""  # output dir for checkpoints and metrics; "" = write nothing
+    keep_best: int = 3  # best checkpoints kept by val PSNR, as best-eNNNN.pt (best.pt is the best); 0 = best.pt only
 
     def validate(self) -> TrainConfig:
         """Check value ranges; raise ConfigError naming the field and the fix."""
@@ -102,6 +103,7 @@ class TrainConfig:
         _check(self.lr_gamma > 0, "lr_gamma must be > 0")
         _check(self.synth_train_frames >= self.train_vi_len, "synth_train_frames must hold one clip")
         _check(self.synth_val_videos >= 1, "synth_val_videos must be >= 1")
+        _check(self.keep_best >= 0, "keep_best must be >= 0 (0 = keep only best.pt and last.pt)")
         dev = self.device
         ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
         _check(ok_dev, f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")

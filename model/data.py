@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from model.config import TrainConfig
-from model.datacache import find_bad_files, load_cached
+from model.datacache import ImageFile, find_bad_files, image_files, load_cached
 from model.errors import DataError
+
+__all__ = ["DataSet", "Layout", "Videos", "check_data", "frame_key", "load_data", "scan", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,16 @@ CACHE_SUBDIR = ".hpo-cache"
 
 @dataclass
 class Videos:
+    """A batch of equally long frame runs and their pose images."""
+
     frames: torch.Tensor  # uint8 (V, L, 3, H, W): V clips/videos of L frames, RGB
     poses: torch.Tensor  # uint8 (V, L, 3, H, W): pose image of each frame
 
 
 @dataclass
 class DataSet:
+    """Everything training, evaluation and prediction read; tensors stay uint8 until batched."""
+
     train: Videos  # non-overlapping consecutive clips of config.train_vi_len frames
     val: Videos  # consecutive videos of config.val_vi_len frames (>= 1 video)
     test_first: torch.Tensor | None  # uint8 (K, 3, H, W) first frame of each test video, or None (no test split)
@@ -50,22 +56,20 @@ class Layout:
     """The files of a data set, in order, as found on disk (nothing decoded)."""
 
     root: Path
-    train: list[tuple[Path, Path]] = field(default_factory=list)  # (frame, pose) pairs
-    val: list[tuple[Path, Path]] = field(default_factory=list)
+    train: list[tuple[ImageFile, ImageFile]] = field(default_factory=list)  # (frame, pose) pairs
+    val: list[tuple[ImageFile, ImageFile]] = field(default_factory=list)
     test_ids: list[str] = field(default_factory=list)
-    test_first: list[Path] = field(default_factory=list)  # one per test video
-    test_poses: list[list[Path]] = field(default_factory=list)  # P per test video
-    has_test: bool = False
+    test_first: list[ImageFile] = field(default_factory=list)  # one per test video
+    test_poses: list[list[ImageFile]] = field(default_factory=list)  # P per test video
+
+
+_NUMBER = re.compile(r"\d+")
 
 
 def frame_key(name: str) -> tuple[int, int, str]:
     """Sort key: the last number in the name (frame2 < frame10); names without one sort last, by text."""
-    numbers = re.findall(r"\d+", Path(name).stem)
+    numbers = _NUMBER.findall(name.rsplit(".", 1)[0])
     return (0, int(numbers[-1]), name) if numbers else (1, 0, name)
-
-
-def _pngs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()}
 
 
 def _listed(problems: list[str], lines: list[str]) -> None:
@@ -74,48 +78,51 @@ def _listed(problems: list[str], lines: list[str]) -> None:
         problems.append(f"... and {len(lines) - MAX_LISTED} more like the above")
 
 
-def _scan_pairs(root: Path, split: str, problems: list[str]) -> list[tuple[Path, Path]] | None:
+def _missing_folders(root: Path, folders: list[str], why: str, fix: str) -> list[str]:
+    return [f"{root / d}: folder not found ({why}): {fix}" for d in folders if not (root / d).is_dir()]
+
+
+def _scan_pairs(root: Path, split: str, problems: list[str]) -> list[tuple[ImageFile, ImageFile]] | None:
     """Pair split_img/NAME with split_label/NAME; every unpaired file is a problem. None: folders missing."""
-    img_dir, label_dir = root / split / f"{split}_img", root / split / f"{split}_label"
-    missing = [d for d in (img_dir, label_dir) if not d.is_dir()]
+    img_dir, label_dir = f"{split}/{split}_img", f"{split}/{split}_label"
+    missing = _missing_folders(
+        root,
+        [img_dir, label_dir],
+        f"the {split} split needs {img_dir} and {label_dir}",
+        "add it or point --data at a set in the lab layout",
+    )
     if missing:
-        problems.extend(
-            f"{d}: folder not found (the {split} split needs {split}/{split}_img and {split}/{split}_label): "
-            "add it or point --data at a set in the lab layout"
-            for d in missing
-        )
+        problems.extend(missing)
         return None
-    imgs, labels = _pngs(img_dir), _pngs(label_dir)
+    imgs, labels = image_files(root, img_dir), image_files(root, label_dir)
+    lonely_imgs = sorted(imgs.keys() - labels.keys(), key=frame_key)
+    lonely_labels = sorted(labels.keys() - imgs.keys(), key=frame_key)
     _listed(
         problems,
-        [
-            f"{imgs[n]} has no pose image {label_dir / n}: add it or remove the frame"
-            for n in sorted(imgs.keys() - labels.keys(), key=frame_key)
-        ],
+        [f"{imgs[n]} has no pose image {root / label_dir / n}: add it or remove the frame" for n in lonely_imgs],
     )
     _listed(
         problems,
-        [
-            f"{labels[n]} has no frame {img_dir / n}: add it or remove the pose image"
-            for n in sorted(labels.keys() - imgs.keys(), key=frame_key)
-        ],
+        [f"{labels[n]} has no frame {root / img_dir / n}: add it or remove the pose image" for n in lonely_labels],
     )
     return [(imgs[n], labels[n]) for n in sorted(imgs.keys() & labels.keys(), key=frame_key)]
 
 
 def _scan_test(root: Path, layout: Layout, problems: list[str]) -> None:
+    """Fill layout.test_* from ROOT/test (optional: an absent folder means no test split)."""
     test = root / "test"
     if not test.exists():
         return
-    layout.has_test = True
-    img_dir, label_dir = test / "test_img", test / "test_label"
-    missing = [d for d in (img_dir, label_dir) if not d.is_dir()]
+    missing = _missing_folders(
+        root,
+        ["test/test_img", "test/test_label"],
+        "a test split needs test_img/K and test_label/K",
+        f"add it or remove {test}",
+    )
     if missing:
-        problems.extend(
-            f"{d}: folder not found (a test split needs test/test_img/K and test/test_label/K): add it or remove {test}"
-            for d in missing
-        )
+        problems.extend(missing)
         return
+    img_dir, label_dir = test / "test_img", test / "test_label"
     img_ids = {p.name for p in img_dir.iterdir() if p.is_dir()}
     label_ids = {p.name for p in label_dir.iterdir() if p.is_dir()}
     lines = [f"{img_dir / k} has no poses {label_dir / k}: add them or remove the video" for k in img_ids - label_ids]
@@ -127,16 +134,17 @@ def _scan_test(root: Path, layout: Layout, problems: list[str]) -> None:
     if not ids and not lines:
         problems.append(f"{img_dir} holds no test videos: add folders K/ with a first frame or remove {test}")
     for k in ids:
-        firsts = sorted(_pngs(img_dir / k), key=frame_key)
-        poses = [label_dir / k / n for n in sorted(_pngs(label_dir / k), key=frame_key)]
+        firsts = image_files(root, f"test/test_img/{k}")
+        poses = image_files(root, f"test/test_label/{k}")
         if not firsts:
             problems.append(f"{img_dir / k} has no first frame (a png): add it or remove the video")
             continue
         if not poses:
             problems.append(f"{label_dir / k} has no pose images: add them or remove the video")
             continue
+        first = firsts[min(firsts, key=frame_key)]
         if len(firsts) > 1:
-            logger.warning("%s holds %d pngs; using %s as the first frame", img_dir / k, len(firsts), firsts[0])
+            logger.warning("%s holds %d pngs; using %s as the first frame", img_dir / k, len(firsts), first)
         if layout.test_poses and len(poses) != len(layout.test_poses[0]):
             problems.append(
                 f"{label_dir / k} has {len(poses)} poses but {label_dir / layout.test_ids[0]} has "
@@ -144,28 +152,28 @@ def _scan_test(root: Path, layout: Layout, problems: list[str]) -> None:
             )
             continue
         layout.test_ids.append(k)
-        layout.test_first.append(img_dir / k / firsts[0])
-        layout.test_poses.append(poses)
+        layout.test_first.append(first)
+        layout.test_poses.append([poses[n] for n in sorted(poses, key=frame_key)])
 
 
 def scan(root: str | Path, config: TrainConfig) -> tuple[Layout, list[str]]:
     """Find and pair every file of the data set at root; returns the layout and the problems found."""
     root = Path(root).expanduser()
-    problems: list[str] = []
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "not found"
         return Layout(root), [f'data dir {root} {what}: check the path (data = "" selects the synthetic set)']
+    problems: list[str] = []
     layout = Layout(root.resolve())
-    train, val = _scan_pairs(root, "train", problems), _scan_pairs(root, "val", problems)
+    train, val = _scan_pairs(layout.root, "train", problems), _scan_pairs(layout.root, "val", problems)
     layout.train, layout.val = train or [], val or []
-    _scan_test(root, layout, problems)
+    _scan_test(layout.root, layout, problems)
     for split, pairs, need, name in (
         ("train", train, config.train_vi_len, "train_vi_len"),
         ("val", val, config.val_vi_len, "val_vi_len"),
     ):
         if pairs is not None and len(pairs) < need:
             problems.append(
-                f"{root / split} has {len(pairs)} frame/pose pairs, fewer than one "
+                f"{layout.root / split} has {len(pairs)} frame/pose pairs, fewer than one "
                 f"{'training clip' if split == 'train' else 'validation video'} ({name}={need}): "
                 f"add frames or lower it (--set {name}=N)"
             )
@@ -180,7 +188,7 @@ def cache_location(root: Path, config: TrainConfig) -> Path:
     return Path(config.cache_dir).expanduser() / f"{root.name}-{tag}"
 
 
-def _split_groups(layout: Layout) -> dict[str, list[Path]]:
+def _split_groups(layout: Layout) -> dict[str, list[ImageFile]]:
     """Cache tag -> the ordered files decoded into that cache (frames first, then poses)."""
     groups = {
         "train": [f for f, _ in layout.train] + [p for _, p in layout.train],
@@ -197,14 +205,14 @@ def _decoded(layout: Layout, config: TrainConfig, problems: list[str]) -> dict[s
     cache = cache_location(layout.root, config)
     out: dict[str, np.ndarray] = {}
     for tag, files in _split_groups(layout).items():
-        arr, bad = load_cached(files, layout.root, cache, tag, size)
+        arr, bad = load_cached(files, cache, tag, size)
         _listed(problems, [_bad_line(files[i], why) for i, why in bad])
         if arr is not None:
             out[tag] = arr
     return out
 
 
-def _bad_line(path: Path, why: str) -> str:
+def _bad_line(path: ImageFile, why: str) -> str:
     return f"{path} is not a readable image ({why}): re-export or replace it, or remove it with its pair"
 
 

@@ -5,7 +5,8 @@ carries a key hashed from the files' names, sizes and mtimes and the frame size,
 new file and the stale one is removed. It is built under a file lock into a temporary file and renamed
 into place, so processes starting together build it once and never read a half-written one.
 
-This module imports no torch: decode workers are spawned processes and should start quickly.
+Decoding runs in a process pool for large file lists: PIL's per-file work holds the GIL, so threads do
+not help, and workers write straight into the memory-mapped output, so nothing large is pickled.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import math
 import multiprocessing
 import os
 import struct
+import sys
 import tempfile
 import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,8 @@ from filelock import FileLock
 from PIL import Image
 
 from model.errors import DataError
+
+__all__ = ["ImageFile", "cache_key", "decode_image", "decode_to_file", "find_bad_files", "image_files", "load_cached"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +43,37 @@ MAX_WORKERS = 8
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-def cache_key(files: Sequence[Path], root: Path, size: tuple[int, int]) -> str:
-    """Hash of the files' names (relative to root), sizes and mtimes, and the frame size (H, W)."""
-    digest = hashlib.sha256(f"v{VERSION} {size[0]}x{size[1]}\n".encode())
-    for path in files:
-        st = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+@dataclass(frozen=True)
+class ImageFile:
+    """One image of a data set with the stat fields that key the cache (taken once, at scan time)."""
+
+    path: str  # full path
+    rel: str  # path relative to the data root, as recorded in the key (the root may move)
+    size: int
+    mtime_ns: int
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def image_files(root: Path, rel_folder: str) -> dict[str, ImageFile]:
+    """File name -> ImageFile for every .png in root/rel_folder (one scandir, one stat per file)."""
+    out: dict[str, ImageFile] = {}
+    with os.scandir(root / rel_folder) as entries:
+        for entry in entries:
+            if entry.name.lower().endswith(".png") and entry.is_file():
+                st = entry.stat()
+                out[entry.name] = ImageFile(entry.path, f"{rel_folder}/{entry.name}", st.st_size, st.st_mtime_ns)
+    return out
+
+
+def cache_key(files: Sequence[ImageFile], size: tuple[int, int]) -> str:
+    """Hash of the files' names (relative to the root), sizes and mtimes, and the frame size (H, W)."""
+    lines = [f"v{VERSION} {size[0]}x{size[1]}"] + [f"{f.rel}\t{f.size}\t{f.mtime_ns}" for f in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
 
 
 def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -54,11 +83,12 @@ def decode_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """
     h, w = size
     with Image.open(path) as im:
-        rgb = im.convert("RGB")  # forces the full decode, so corrupt data fails here
-    if rgb.size != (w, h):
-        # For large downscales PIL first reduces by an integer factor (box filter), then resamples.
-        rgb = rgb.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(rgb).transpose(2, 0, 1)
+        im.load()  # the full decode: corrupt data fails here
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        if rgb.size != (w, h):
+            # For large downscales PIL first reduces by an integer factor (box filter), then resamples.
+            rgb = rgb.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(rgb).transpose(2, 0, 1)
 
 
 def _decode_range(paths: list[str], out_path: str, start: int, size: tuple[int, int]) -> list[tuple[int, str]]:
@@ -75,7 +105,9 @@ def _decode_range(paths: list[str], out_path: str, start: int, size: tuple[int, 
     return errors
 
 
-def decode_to_file(files: Sequence[Path], size: tuple[int, int], out_path: Path) -> list[tuple[int, str]]:
+def decode_to_file(
+    files: Sequence[str | os.PathLike[str]], size: tuple[int, int], out_path: Path
+) -> list[tuple[int, str]]:
     """Decode `files` into a new (N, 3, H, W) uint8 .npy at out_path, in a process pool when there are many.
 
     Workers write straight into the memory-mapped file, so nothing large is pickled between processes.
@@ -85,14 +117,13 @@ def decode_to_file(files: Sequence[Path], size: tuple[int, int], out_path: Path)
     """
     arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(len(files), 3, *size))
     del arr  # header written; the workers reopen it
-    names = [str(f) for f in files]
+    names = [os.fspath(f) for f in files]
     workers = min(MAX_WORKERS, _cpu_count(), math.ceil(len(files) / (POOL_MIN_FILES // 2)))
     if len(files) < POOL_MIN_FILES or workers < 2:
         return _decode_range(names, str(out_path), 0, size)
     step = math.ceil(len(files) / (workers * 4))  # a few chunks per worker evens out slow files
     errors: list[tuple[int, str]] = []
-    # spawn, not fork: the parent may hold torch's thread pools, which fork can leave deadlocked.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         jobs = [
             pool.submit(_decode_range, names[i : i + step], str(out_path), i, size) for i in range(0, len(names), step)
         ]
@@ -101,14 +132,14 @@ def decode_to_file(files: Sequence[Path], size: tuple[int, int], out_path: Path)
     return sorted(errors)
 
 
-def find_bad_files(files: Sequence[Path], size: tuple[int, int]) -> list[tuple[int, str]]:
+def find_bad_files(files: Sequence[str | os.PathLike[str]], size: tuple[int, int]) -> list[tuple[int, str]]:
     """Decode `files` into a scratch file only to find those that fail (no cache is written)."""
     with tempfile.TemporaryDirectory(prefix="hpo-decode-") as tmp:
         return decode_to_file(files, size, Path(tmp) / "scratch.npy")
 
 
 def load_cached(
-    files: Sequence[Path], root: Path, cache_dir: Path, tag: str, size: tuple[int, int]
+    files: Sequence[ImageFile], cache_dir: Path, tag: str, size: tuple[int, int]
 ) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
     """The decoded (N, 3, H, W) uint8 images of `files`, from the cache or decoded now and cached.
 
@@ -120,7 +151,7 @@ def load_cached(
     Raises:
         DataError: the cache folder cannot be written.
     """
-    key = cache_key(files, root, size)
+    key = cache_key(files, size)
     stem = f"{tag}-{size[0]}x{size[1]}"
     path = cache_dir / f"{stem}-{key}.npy"
     arr = _open(path, len(files), size)
@@ -141,7 +172,9 @@ def load_cached(
         ) from None
 
 
-def _build(files: Sequence[Path], path: Path, stem: str, size: tuple[int, int]) -> tuple[np.ndarray | None, list]:
+def _build(
+    files: Sequence[ImageFile], path: Path, stem: str, size: tuple[int, int]
+) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
     """Decode into a temp file and rename it into place; remove stale caches of the same stem."""
     for old in path.parent.glob(f"{stem}-*.npy*"):
         if old != path:  # older keys and temp files of crashed builds; nobody else builds under our lock
@@ -176,6 +209,14 @@ def _open(path: Path, n: int, size: tuple[int, int]) -> np.ndarray | None:
     if arr.dtype != np.uint8 or arr.shape != (n, 3, *size):
         return None
     return arr
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork on Linux: workers start at once and callers need no `if __name__ == "__main__"` guard. It is
+    safe here because the workers run only PIL and numpy code, never torch (whose thread pools are what
+    fork can leave locked); spawn elsewhere (importing `model` there costs a torch import per worker).
+    """
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 def _cpu_count() -> int:

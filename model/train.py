@@ -173,10 +173,20 @@ def train(
                     "metrics": history,
                     "rng": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()},
                 }
-                save_checkpoint(out / "last.pt", state)
                 if ev.val_psnr > best:
                     save_checkpoint(out / "best.pt", state)
+                # The keep_best best epochs by val PSNR (NaN ranks last, ties go to the earlier epoch).
+                ranked = sorted(history, key=lambda m: (-np.nan_to_num(m["val_psnr"], nan=-np.inf), m["epoch"]))
+                keep = {f"best-e{m['epoch']:04d}.pt" for m in ranked[: config.keep_best]}
+                if f"best-e{epoch:04d}.pt" in keep:
+                    save_checkpoint(out / f"best-e{epoch:04d}.pt", state)
+                for old in out.glob("best-e*.pt"):
+                    if old.name not in keep:
+                        old.unlink(missing_ok=True)
                 save_json(out / "metrics.json", {"config": config.to_dict(), "epochs": history})
+                # last.pt goes last: it is the commit point a resumed run continues from, so a kill before it
+                # repeats this epoch and rewrites the files above identically.
+                save_checkpoint(out / "last.pt", state)
             best = max(best, ev.val_psnr)
             log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch, stats["train_loss"], ev.val_psnr)
             if on_epoch is not None:

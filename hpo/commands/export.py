@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hpo import results
+from hpo.artifacts import attach_to_study
 from hpo.errors import StudyError
 from hpo.storage import mask_url, open_storage, resolve_url
 from model.checkpoint import atomic_write_text
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, text)
     except OSError as exc:
         raise StudyError(f"cannot write {args.output!r} ({exc.strerror}): choose a writable path with -o") from None
+    attach_to_study(url, study, args.output, "application/toml")  # the dashboard shows it with the study (DESIGN §8)
     trial = results.best_trial(study)
     print(
         f"wrote {args.output}: trial {trial.number} of {study.study_name}, val PSNR {trial.value:.4f} dB; "

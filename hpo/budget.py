@@ -1,0 +1,115 @@
+"""Claiming a slot of a study's global budget (DESIGN §6), atomically across every worker.
+
+`n_trials` is the study's budget across all workers: the study ends with exactly N trials COMPLETE or PRUNED
+(FAIL does not count; a retried trial that finishes does). Optuna's `MaxTrialsCallback` checks after a trial
+ends, so N workers overshoot by up to N-1. Here a worker claims its slot before it starts: under the study
+lock (`hpo.locks`) it counts COMPLETE+PRUNED+RUNNING and, if below N, creates the trial and runs the sampler,
+so the next worker's sampler already sees the new RUNNING trial and its params (constant liar).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
+from optuna.trial import TrialState
+
+from hpo.locks import study_lock
+from hpo.storage import warn_if_sqlite_shared
+
+log = logging.getLogger(__name__)
+
+_STATE_KEYS = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "fail",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+
+def budget_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state: complete, pruned, fail, running, waiting."""
+    counts = dict.fromkeys(_STATE_KEYS.values(), 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[_STATE_KEYS[t.state]] += 1
+    return counts
+
+
+def used_slots(counts: Mapping[str, int]) -> int:
+    return counts["complete"] + counts["pruned"] + counts["running"]
+
+
+def claim_trial(
+    study: optuna.Study, n_trials: int, *, distributions: Mapping[str, BaseDistribution] | None = None
+) -> optuna.Trial | None:
+    """Take one slot of the budget and create its trial, or None when every slot is finished or running.
+
+    A WAITING trial (a retry, an enqueued config) is taken before a new one is sampled. With `distributions`
+    the sampler suggests them under the lock (GP/skopt fits are serialised; the point is published at once).
+    The trial records user attrs host, pid and worker.
+    """
+    with study_lock(study) as lock:
+        trial = _claim_locked(study, n_trials, distributions)
+    if trial is not None and lock.lost:
+        trial = _confirm_claim(study, n_trials, trial)
+    return trial
+
+
+def _claim_locked(
+    study: optuna.Study, n_trials: int, distributions: Mapping[str, BaseDistribution] | None
+) -> optuna.Trial | None:
+    if used_slots(budget_counts(study)) >= n_trials:
+        return None
+    warn_if_sqlite_shared(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the heartbeat itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
+    host, pid = socket.gethostname(), os.getpid()
+    for key, value in (("host", host), ("pid", pid), ("worker", f"{host}:{pid}")):
+        trial.set_user_attr(key, value)
+    if distributions:
+        try:
+            with heartbeat(study, trial):  # a slow fit must not look like a dead worker
+                for name, dist in distributions.items():
+                    _suggest(trial, name, dist)
+        except Exception as exc:  # a sampler error must not leave a RUNNING trial behind
+            trial.set_user_attr("fail_reason", f"sampler: {type(exc).__name__}: {exc}"[:300])
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+    return trial
+
+
+def _confirm_claim(study: optuna.Study, n_trials: int, trial: optuna.Trial) -> optuna.Trial | None:
+    # The lock's connection died while held, so another worker may have claimed the same last slot. Re-count
+    # under the lock: workers re-check one at a time, and whoever sees the budget overdrawn gives its slot back.
+    with study_lock(study):
+        if used_slots(budget_counts(study)) <= n_trials:
+            return trial
+        trial.set_user_attr("fail_reason", "slot given back: the study lock was lost with the database connection")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    log.warning("trial %d given back: the study lock was lost while claiming it", trial.number)
+    return None
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise TypeError(f"unsupported distribution {dist!r}")
+
+
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> BaseHeartbeatThread:
+    # Optuna's own heartbeat thread (what Study.optimize runs); a no-op without an RDB heartbeat.
+    return get_heartbeat_thread(trial._trial_id, study._storage)

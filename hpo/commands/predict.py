@@ -1,0 +1,41 @@
+"""`hpo predict --checkpoint CKPT --data DIR [--out DIR]`: the lab's submission.csv from a checkpoint alone."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpo.predict import SUBMISSION, predict
+from model.config import parse_sets
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="roll out every test video from a checkpoint and write submission.csv",
+        description="Rebuild the model from a checkpoint's own config, roll out each test video of --data "
+        f"(first frame + poses) and write {SUBMISSION} (id, then 3*H*W ints in 0..255 per frame) and a GIF "
+        "per video into --out; also prints the val PSNR of the same weights.",
+    )
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `hpo retrain`/`hpo train` (best.pt)")
+    p.add_argument("--data", required=True, help="data set in the lab layout with a test split (test/test_img/K, ...)")
+    p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    p.add_argument("--poses", type=int, default=0, help="expected poses per test video, e.g. 630 (default: any)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="run settings over the checkpoint's config (device, cache_dir, seed); shape fields must match it",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = predict(args.checkpoint, args.data, args.out, parse_sets(args.set), args.poses)
+    val = f"; val PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
+    print(
+        f"wrote {result.submission} ({result.n_videos} videos x {result.n_poses} frames) and "
+        f"{len(result.gifs)} GIFs{val}"
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""`hpo dashboard`: optuna-dashboard on the study storage, with the trials' artifacts (DESIGN §8).
+
+optuna-dashboard does the serving; this module only checks that the address is free first (so a busy port is
+one line, not a traceback from inside the server) and builds the URL to print.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import BaseStorage
+
+from hpo.errors import DashboardError
+
+__all__ = ["check_address", "dashboard_url", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind (and release) host:port as the server will; a busy port or unknown host is a DashboardError."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DashboardError(
+            f"cannot listen on host {host!r} ({exc.strerror}): use an address of this machine, "
+            "e.g. --host 127.0.0.1 (or 0.0.0.0 for every interface)"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # Like the server (wsgiref's HTTPServer sets SO_REUSEADDR): a port in TIME_WAIT is free, one listened on is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DashboardError(
+                    f"port {port} on {host} is already in use (another dashboard?): pick a free one with "
+                    f"--port, e.g. --port {port + 1 if port < 65535 else 8080}"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise DashboardError(f"port {port} needs root privileges: use a port above 1023 with --port") from None
+            raise DashboardError(f"cannot listen on {host}:{port} ({exc.strerror}): check --host and --port") from None
+
+
+def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
+    """The address to open in a browser (a wildcard bind is shown as this machine's name)."""
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    path = "/dashboard" if study_id is None else f"/dashboard/studies/{study_id}"
+    return f"http://{shown}:{port}{path}"
+
+
+def serve(storage: BaseStorage, host: str, port: int, artifact_store: FileSystemArtifactStore | Any) -> None:
+    """Run optuna-dashboard until interrupted (blocks)."""
+    log.info("optuna-dashboard %s on %s:%d", optuna_dashboard.__version__, host, port)
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifact_store)

@@ -1,0 +1,111 @@
+"""One lock per study across every worker process, so that claiming a budget slot is atomic (DESIGN §6).
+
+PostgreSQL: a session advisory lock keyed on the study name, held on a connection of its own (it dies with
+the connection, so a crashed worker never leaves it behind). SQLite and journal files: a `filelock` next to the
+file (flock, also released by the kernel when a process dies). In-memory storages: a process-local lock.
+
+Optuna has no cross-process lock of its own to lend, hence this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+from filelock import FileLock
+from optuna.storages import JournalStorage, RDBStorage
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from hpo.dbretry import call_with_retry, first_line
+from hpo.storage import backend_of
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".hpo-lock"  # not ".lock": Optuna's journal file lock already uses that name
+_local_locks: dict[str, threading.RLock] = {}
+_local_guard = threading.Lock()
+
+
+@dataclass
+class LockState:
+    """`lost` is set on release when the lock's connection died while held (another worker may have held it)."""
+
+    lost: bool = False
+
+
+def advisory_key(study_name: str) -> int:
+    """A signed 64-bit key for pg_advisory_lock derived from the study name."""
+    digest = hashlib.blake2b(f"vp-hpo:{study_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def study_lock(study: optuna.Study) -> Iterator[LockState]:
+    """Hold the study's cross-process lock for the `with` body; yields a `LockState`."""
+    backend = backend_of(study)
+    state = LockState()
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
+        where = getattr(backend, "where", "PostgreSQL")
+        with _advisory_lock(backend.engine, advisory_key(study.study_name), where, state):
+            yield state
+        return
+    path = _lock_path(backend)
+    if path is None:
+        with _local_lock(study.study_name):
+            yield state
+        return
+    with FileLock(path):
+        yield state
+
+
+def _lock_path(backend: object) -> str | None:
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "sqlite":
+        database = backend.engine.url.database
+        if database and database != ":memory:":
+            return database + LOCK_SUFFIX
+        return None
+    if isinstance(backend, JournalStorage):
+        file_path = getattr(backend._backend, "_file_path", None)  # JournalFileBackend keeps no public path
+        return file_path + LOCK_SUFFIX if isinstance(file_path, str) else None
+    return None
+
+
+def _local_lock(name: str) -> threading.RLock:
+    with _local_guard:
+        return _local_locks.setdefault(name, threading.RLock())
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, key: int, where: str, state: LockState) -> Iterator[None]:
+    def acquire() -> Connection:
+        conn = engine.connect()
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()  # session-level lock: it outlives the transaction, the snapshot should not
+        except BaseException:
+            conn.invalidate()  # never hand a half-locked connection back to the pool
+            conn.close()
+            raise
+        return conn
+
+    conn: Connection = call_with_retry(where, acquire, "lock")
+    try:
+        yield
+    finally:
+        try:
+            released = conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key}).scalar()
+            conn.commit()
+            state.lost = not released
+        except SQLAlchemyError as exc:  # the connection died while we held the lock: the server dropped the lock
+            log.warning("the study lock's connection to %s was lost while held: %s", where, first_line(exc))
+            state.lost = True
+            conn.invalidate()
+        finally:
+            conn.close()

@@ -1,0 +1,336 @@
+"""`hpo report`: one self-contained HTML page about a study (DESIGN §8, the tuning playbook's checklist).
+
+Sections: summary (spec, storage, sampler, pruner, trials by state, best PSNR and params, the command that
+reproduces the study), warnings (best value on a search-space edge, failed trials), optimization history,
+parameter importances, parallel coordinates, one slice plot per parameter, learning curves with the best five
+highlighted, the best config's schedules, its PSNR per frame, and trial states with fail reasons.
+
+The page opens offline: plotly.js is inlined once in <head> and every figure is a div that uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import json
+import logging
+import math
+import shlex
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from plotly.offline import get_plotlyjs
+
+from hpo import report_plots as rp
+from hpo.artifacts import PSNR_ATTR
+from hpo.results import status, trial_config
+from hpo.spec import STUDIES_DIR
+from model.checkpoint import atomic_write_text
+from model.config import TrainConfig, from_dict
+from model.errors import ConfigError
+
+__all__ = ["EDGE_SHARE", "build_report", "edge_warnings", "reproduce_command", "write_report"]
+
+log = logging.getLogger(__name__)
+
+EDGE_SHARE = 0.05  # a best value within this share of its range (log-aware) from a bound is "on the edge"
+MAX_FAILED_LISTED = 50
+
+
+def edge_warnings(study: optuna.Study) -> list[str]:
+    """One line per numeric parameter whose best value lies within 5% of its range's low or high end.
+
+    The position is measured on the log scale for log distributions, as the sampler saw the range.
+    """
+    best = rp.ranked(study)
+    if not best:
+        return []
+    trial, out = best[0], []
+    for name, dist in sorted(rp.param_distributions(study).items()):
+        if not isinstance(dist, (FloatDistribution, IntDistribution)) or name not in trial.params:
+            continue
+        low, high, value = float(dist.low), float(dist.high), float(trial.params[name])
+        if high <= low:
+            continue
+        if dist.log:
+            share = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+        else:
+            share = (value - low) / (high - low)
+        scale = " (log scale)" if dist.log else ""
+        if share <= EDGE_SHARE:
+            out.append(
+                f"best {name} = {value:.4g} lies within {EDGE_SHARE:.0%} of the LOW end of its range "
+                f"[{low:.4g}, {high:.4g}]{scale}: the optimum may be below it; lower `low` in the spec if the field "
+                "allows it and rerun"
+            )
+        elif share >= 1 - EDGE_SHARE:
+            out.append(
+                f"best {name} = {value:.4g} lies within {EDGE_SHARE:.0%} of the HIGH end of its range "
+                f"[{low:.4g}, {high:.4g}]{scale}: the optimum may be above it; raise `high` in the spec if the "
+                "field allows it and rerun"
+            )
+    return out
+
+
+def reproduce_command(study: optuna.Study, storage_label: str) -> str:
+    """The `hpo run` line that reproduces this study: spec, budget, sampler, pruner, seed, storage, overrides.
+
+    The budget is the study's COMPLETE + PRUNED count (what `--n-trials` counts). Overrides the workers ran with
+    (`--data`, `--device`, `--set`) are recovered by comparing a trial's stored config with spec + params.
+    """
+    attrs = study.user_attrs
+    st = status(study)
+    n = st.counts.get("COMPLETE", 0) + st.counts.get("PRUNED", 0)
+    spec_path = str(attrs.get("spec_path", ""))
+    spec_arg = _spec_argument(spec_path) if spec_path else study.study_name
+    parts = ["hpo", "run", "--study", spec_arg, "--n-trials", str(max(n, 1))]
+    if Path(spec_arg).stem != study.study_name:
+        parts += ["--study-name", study.study_name]
+    for flag, key in (("--sampler", "sampler"), ("--pruner", "pruner"), ("--seed", "seed"), ("--profile", "profile")):
+        if attrs.get(key) not in (None, ""):
+            parts += [flag, str(attrs[key])]
+    parts += ["--storage", storage_label]
+    parts += _override_flags(study)
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _spec_argument(spec_path: str) -> str:
+    """A spec in the project's (or the working dir's) studies/ is named by its stem, any other by its path."""
+    p = Path(spec_path)
+    for base in (STUDIES_DIR, Path.cwd() / "studies"):
+        if p.parent.resolve() == base.resolve() and p.suffix == ".toml":
+            return p.stem
+    return spec_path
+
+
+def _override_flags(study: optuna.Study) -> list[str]:
+    ranked = rp.ranked(study)
+    trials = ranked[:1] or [t for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs][-1:]
+    if not trials or "config" not in trials[0].user_attrs:
+        return []
+    trial = trials[0]
+    try:
+        ran = trial_config(study, trial)
+        fixed = json.loads(study.user_attrs.get("fixed", "{}"))
+        planned = from_dict({**fixed, **trial.params})
+    except (ConfigError, json.JSONDecodeError) as exc:
+        log.info("cannot recover the run's overrides: %s", exc)
+        return []
+    flags: list[str] = []
+    for name, value in ran.to_dict().items():
+        if value == getattr(planned, name):
+            continue
+        if name in ("data", "device"):
+            flags += [f"--{name}", str(value)]
+        else:
+            flags += ["--set", f"{name}={_set_value(value)}"]
+    return flags
+
+
+def _set_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+# --- the page ----------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;
+color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;
+vertical-align:top} th{background:#f5f5f5}
+code,pre{background:#f5f5f5;padding:.1em .3em} pre{padding:.6em;white-space:pre-wrap;word-break:break-all}
+.warn{background:#fff4e5;border-left:4px solid #ff9800;padding:.4em .8em;margin:.4em 0}
+.note{color:#666;font-style:italic} nav a{margin-right:.8em}
+"""
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _figure(fig: go.Figure, div_id: str) -> str:
+    # plotly.js is in <head> once; fixed div ids ("fig-" so they never clash with a section's id) keep the page
+    # identical for the same study.
+    return str(
+        fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{div_id}", config={"displaylogo": False})
+    )
+
+
+def _plot(build: Callable[[], go.Figure], div_id: str) -> str:
+    try:
+        return _figure(build(), div_id)
+    except rp.NoPlot as exc:
+        return f'<p class="note">{html.escape(str(exc))}</p>'
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _summary(study: optuna.Study, storage_label: str) -> str:
+    attrs, st = study.user_attrs, status(study)
+    total = sum(st.counts.values())
+    rows = [
+        ["study", study.study_name],
+        ["direction", st.direction],
+        ["spec", attrs.get("spec_path", "-")],
+        ["profile", attrs.get("profile") or "none"],
+        ["storage", storage_label],
+        ["sampler", f"{attrs.get('sampler', type(study.sampler).__name__)} (seed {attrs.get('seed', '-')})"],
+        ["pruner", attrs.get("pruner", type(study.pruner).__name__)],
+        ["trials", f"{total}: " + (", ".join(f"{k.lower()} {v}" for k, v in st.counts.items() if v) or "none")],
+    ]
+    out = _table([], rows)
+    best = rp.ranked(study)
+    if best:
+        b = best[0]
+        secs = b.user_attrs.get("seconds")
+        out += (
+            f"<h3>Best trial: {b.number}, val PSNR {b.value:.4f} dB</h3>"
+            + _table(["parameter", "value"], [[k, _fmt(v)] for k, v in sorted(b.params.items())])
+            + f"<p>device {html.escape(str(b.user_attrs.get('device', '-')))}, "
+            f"{html.escape(str(secs if secs is not None else '-'))} s</p>"
+        )
+        top = best[: rp.BEST_K]
+        names = sorted({k for t in top for k in t.params})
+        rows = [[t.number, f"{t.value:.4f}", *[_fmt(t.params.get(k, "")) for k in names]] for t in top]
+        out += "<h3>Best trials</h3>" + _table(["trial", "val PSNR (dB)", *names], rows)
+    else:
+        out += '<p class="note">No trial has finished (COMPLETE) yet: there is no best value or config so far.</p>'
+    out += (
+        "<h3>Reproduce</h3><p>The same study, same seeds and budget (COMPLETE + PRUNED trials):</p>"
+        f"<pre>{html.escape(reproduce_command(study, storage_label))}</pre>"
+    )
+    return out
+
+
+def _warnings(study: optuna.Study) -> str:
+    lines = edge_warnings(study)
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        reasons = Counter(str(t.user_attrs.get("fail_reason", "no reason recorded")) for t in failed)
+        top = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3))
+        lines.append(
+            f"{len(failed)} of {len(trials)} trials failed ({len(failed) / len(trials):.0%}): {top}. "
+            "See Trial states below; a large share means the search space reaches configs that do not train."
+        )
+    if not lines:
+        return '<p class="note">None: no best value on a search-space edge, no failed trial.</p>'
+    return "".join(f'<div class="warn">{html.escape(line)}</div>' for line in lines)
+
+
+def _slices(study: optuna.Study) -> str:
+    dists = rp.param_distributions(study)
+    if not dists:
+        return '<p class="note">No finished trial has parameters yet.</p>'
+    edges = edge_warnings(study)
+    out = []
+    for i, name in enumerate(sorted(dists)):
+        for line in edges:
+            if line.startswith(f"best {name} = "):
+                out.append(f'<div class="warn">{html.escape(line)}</div>')
+        out.append(_plot(functools.partial(rp.slice_figure, study, name), f"slice-{i}"))
+    return "".join(out)
+
+
+def _best_config(study: optuna.Study) -> tuple[FrozenTrial, TrainConfig] | None:
+    best = rp.ranked(study)
+    if not best:
+        return None
+    try:
+        return best[0], trial_config(study, best[0])
+    except (ConfigError, json.JSONDecodeError) as exc:
+        log.warning("best trial %d: stored config unreadable (%s)", best[0].number, exc)
+        return None
+
+
+def _schedules(study: optuna.Study) -> str:
+    found = _best_config(study)
+    if found is None:
+        return '<p class="note">No complete trial yet, so no best config to plot the schedules of.</p>'
+    trial, config = found
+    return _plot(lambda: rp.schedules_figure(config, trial), "schedules")
+
+
+def _per_frame(study: optuna.Study) -> str:
+    best = rp.ranked(study)
+    if not best:
+        return '<p class="note">No complete trial yet.</p>'
+    return _plot(lambda: rp.psnr_per_frame_figure(best[0], PSNR_ATTR), "psnr-per-frame")
+
+
+def _states(study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    out = _plot(lambda: rp.states_figure(study), "states")
+    if not trials:
+        return out
+    n = len(trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    out += _table(
+        ["", "trials", "share"],
+        [["pruned", len(pruned), f"{len(pruned) / n:.0%}"], ["failed", len(failed), f"{len(failed) / n:.0%}"]],
+    )
+    if pruned:
+        at = Counter(max(t.intermediate_values) + 1 for t in pruned if t.intermediate_values)
+        out += "<p>Pruned after epoch: " + html.escape(", ".join(f"{e} ({c}×)" for e, c in sorted(at.items()))) + "</p>"
+    if failed:
+        rows = [
+            [t.number, t.user_attrs.get("fail_reason", "no reason recorded"), json.dumps(t.params, default=str)]
+            for t in failed[:MAX_FAILED_LISTED]
+        ]
+        out += "<h3>Failed trials</h3>" + _table(["trial", "fail reason", "params"], rows)
+        if len(failed) > MAX_FAILED_LISTED:
+            out += f'<p class="note">… and {len(failed) - MAX_FAILED_LISTED} more.</p>'
+    return out
+
+
+def build_report(study: optuna.Study, storage_label: str, now: dt.datetime | None = None) -> str:
+    """The whole report as one HTML string (plotly.js inlined once); renders whatever the study holds."""
+    now = now or dt.datetime.now(dt.UTC)
+    seed = int(study.user_attrs.get("seed", 0) or 0)
+    sections = [
+        ("summary", "Summary", lambda: _summary(study, storage_label)),
+        ("warnings", "Warnings", lambda: _warnings(study)),
+        ("history", "Optimization history", lambda: _plot(lambda: rp.history_figure(study), "history")),
+        ("importances", "Parameter importances", lambda: _plot(lambda: rp.importance_figure(study, seed), "imp")),
+        ("parallel", "Parallel coordinates", lambda: _plot(lambda: rp.parallel_figure(study), "parallel")),
+        ("slices", "Slice plots", lambda: _slices(study)),
+        ("curves", "Learning curves", lambda: _plot(lambda: rp.learning_curves_figure(study), "curves")),
+        ("schedules", "Schedules of the best config", lambda: _schedules(study)),
+        ("per-frame", "PSNR per frame of the best trial", lambda: _per_frame(study)),
+        ("states", "Trial states", lambda: _states(study)),
+    ]
+    nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(t)}</h2>{make()}</section>' for sid, t, make in sections)
+    name = html.escape(study.study_name)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>vp-hpo report: {name}</title><style>{_CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f"<h1>Study {name}</h1><p class='note'>vp-hpo report generated {now:%Y-%m-%d %H:%M} UTC</p>"
+        f"<nav>{nav}</nav>{body}</body></html>\n"
+    )
+
+
+def write_report(study: optuna.Study, storage_label: str, path: str | Path) -> None:
+    """Build the report and write it atomically (a temp file renamed over `path`: never half-written).
+
+    Raises: OSError when `path` cannot be written.
+    """
+    atomic_write_text(path, build_report(study, storage_label))

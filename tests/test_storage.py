@@ -1,0 +1,233 @@
+"""Storage resolution (DESIGN §7): URL order, masking, opening each kind, errors, reaping, DB outages."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
+
+from hpo.errors import StorageError
+from hpo.storage import DEFAULT_URL, mask_url, open_storage, reap_stale, resolve_url
+from model.errors import UsageError
+
+PROXY = Path(__file__).parent / "workers" / "tcp_proxy.py"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql+psycopg://alice:s3cret@db.example:5432/hpo", "postgresql+psycopg://alice:***@db.example:5432/hpo"),
+        ("postgresql://alice:p@ss:w/rd@db:5432/hpo", "postgresql://alice:***@db:5432/hpo"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        (
+            "postgresql+psycopg://alice@db/hpo?password=s3cret&sslmode=require",
+            "postgresql+psycopg://alice@db/hpo?password=***&sslmode=require",
+        ),
+        ("postgresql+psycopg://root@127.0.0.1:5432/hpo", "postgresql+psycopg://root@127.0.0.1:5432/hpo"),
+        ("sqlite:///hpo.db", "sqlite:///hpo.db"),
+        ("sqlite:////tmp/a:b@c.db", "sqlite:////tmp/a:b@c.db"),
+        ("journal:///runs/hpo.log", "journal:///runs/hpo.log"),
+    ],
+)
+def test_mask_url_hides_passwords(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "s3cret" not in mask_url(url) and "p@ss" not in mask_url(url)
+
+
+def test_resolve_url_prefers_flag_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    assert resolve_url(None) == DEFAULT_URL == "sqlite:///hpo.db"
+    monkeypatch.setenv("HPO_STORAGE", "journal:///env.log")
+    assert resolve_url(None) == "journal:///env.log"
+    assert resolve_url("") == "journal:///env.log"  # an empty flag is no flag
+    assert resolve_url("sqlite:///flag.db") == "sqlite:///flag.db"
+    monkeypatch.setenv("HPO_STORAGE", "  ")
+    assert resolve_url(None) == DEFAULT_URL
+
+
+def test_open_storage_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    sqlite = open_storage("sqlite:///rel.db")
+    assert isinstance(sqlite, RDBStorage) and (tmp_path / "rel.db").exists()
+    assert sqlite.get_heartbeat_interval() == 10 and sqlite.grace_period == 30
+    assert sqlite.heartbeat_stale_trial_callback is not None
+    assert open_storage("sqlite:///rel.db", heartbeat=False).get_heartbeat_interval() is None
+    journal = open_storage("journal:///rel.log")  # relative to the cwd, like SQLite URLs
+    assert isinstance(journal, JournalStorage) and (tmp_path / "rel.log").exists()
+    absolute = tmp_path / "sub" / "abs.log"
+    absolute.parent.mkdir()
+    assert isinstance(open_storage(f"journal:///{absolute}"), JournalStorage) and absolute.exists()
+    study = optuna.create_study(storage=journal, study_name="s")
+    assert optuna.load_study(study_name="s", storage=open_storage("journal:///rel.log")).study_name == study.study_name
+
+
+def test_heartbeat_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPO_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("HPO_HEARTBEAT_GRACE", "3")
+    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}")
+    assert isinstance(storage, RDBStorage)
+    assert (storage.get_heartbeat_interval(), storage.grace_period) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("HPO_HEARTBEAT_INTERVAL", "soon", "HPO_HEARTBEAT_INTERVAL must be a whole number"),
+        ("HPO_HEARTBEAT_GRACE", "0", "HPO_HEARTBEAT_GRACE must be a whole number"),
+        ("HPO_HEARTBEAT_GRACE", "5", "must exceed HPO_HEARTBEAT_INTERVAL"),
+    ],
+)
+def test_bad_heartbeat_env_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv("HPO_HEARTBEAT_INTERVAL", "10")
+    monkeypatch.setenv(env, value)
+    with pytest.raises(StorageError, match=needle) as info:
+        open_storage(f"sqlite:///{tmp_path / 'h.db'}")
+    assert isinstance(info.value, UsageError) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("mysql://u:s3cret@db/x", "unknown storage URL 'mysql://u:***@db/x'"),
+        ("hpo.db", "unknown storage URL 'hpo.db'"),
+        ("journal:///", "names no file"),
+        ("journal:///no/such/dir/hpo.log", "cannot open journal file no/such/dir/hpo.log"),
+        ("sqlite:///no/such/dir/hpo.db", "cannot open SQLite file no/such/dir/hpo.db"),
+    ],
+)
+def test_bad_urls_are_one_line_usage_errors(
+    url: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as info:
+        open_storage(url)
+    message = str(info.value)
+    assert needle in message and "\n" not in message and "s3cret" not in message
+    assert "--storage" in message or "journal:///FILE.log" in message
+
+
+def test_unreachable_postgres_names_host_and_fix_not_password() -> None:
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql+psycopg://alice:s3cret@127.0.0.1:5999/hpo")
+    message = str(info.value)
+    assert message.startswith("cannot open PostgreSQL at 127.0.0.1:5999")
+    assert "is the server running" in message and "HPO_STORAGE" in message
+    assert "s3cret" not in message and "\n" not in message
+    assert time.monotonic() - started < 10  # refused at once, no retry loop on open
+
+
+@pytest.mark.postgres
+def test_missing_postgres_database_says_how_to_create_it(pg_url: str) -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage(pg_url.rsplit("/", 1)[0] + "/hpo_no_such_db")
+    assert "create it (createdb hpo_no_such_db) or fix the URL" in str(info.value)
+
+
+@pytest.mark.postgres
+def test_postgres_storage_opens_with_pre_ping(pg_url: str) -> None:
+    storage = open_storage(pg_url)
+    assert isinstance(storage, RDBStorage)
+    assert storage.engine.pool._pre_ping
+    study = optuna.create_study(storage=storage, study_name="pg")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="pg", storage=open_storage(pg_url)).trials) == 2
+    # a bare postgresql:// URL gets the psycopg 3 driver
+    assert isinstance(open_storage(pg_url.replace("postgresql+psycopg://", "postgresql://")), RDBStorage)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_reap_stale_journal_fails_dead_pids_and_requeues_once(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=open_storage(f"journal:///{tmp_path / 'j.log'}"), study_name="j")
+    host = socket.gethostname()
+    trials = []
+    for pid, where in ((_dead_pid(), host), (os.getppid(), host), (_dead_pid(), "other-host")):
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        t.set_user_attr("host", where)
+        t.set_user_attr("pid", pid)
+        trials.append(t)
+    assert reap_stale(study) == 1
+    dead, alive, elsewhere = (study.trials[t.number] for t in trials)
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("worker gone")
+    assert alive.state == TrialState.RUNNING and elsewhere.state == TrialState.RUNNING  # live, or not ours to judge
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs["retry_of"] == dead.number
+    assert waiting.system_attrs["fixed_params"] == dead.params
+    assert reap_stale(study) == 0  # nothing more to reap
+
+    # A retry whose worker dies too is failed but not queued again.
+    retry = study.ask()
+    assert retry.suggest_float("x", 0, 1) == dead.params["x"]
+    retry.set_user_attr("pid", _dead_pid())
+    retry.set_user_attr("host", host)
+    assert reap_stale(study) == 1
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def _start_proxy(port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(PROXY), str(port), "127.0.0.1", "5432"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_database_outage_is_retried_then_a_storage_error(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    proxies = [_start_proxy(port)]
+    try:
+        study = optuna.create_study(storage=open_storage(url), study_name="outage")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+        # The server restarts while a call waits: the call goes through once it is back.
+        monkeypatch.setenv("HPO_DB_RETRY_SECONDS", "20")
+        proxies[-1].kill()
+        proxies[-1].wait()
+        restart = threading.Timer(1.0, lambda: proxies.append(_start_proxy(port)))
+        restart.start()
+        started = time.monotonic()
+        assert len(study.get_trials()) == 1
+        assert time.monotonic() - started >= 0.9
+        restart.join()
+
+        # It stays down: the call gives up after the window with one line naming the database.
+        monkeypatch.setenv("HPO_DB_RETRY_SECONDS", "1")
+        proxies[-1].kill()
+        proxies[-1].wait()
+        started = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            study.tell(study.ask(), 1.0)
+        assert 0.9 <= time.monotonic() - started < 10
+        message = str(info.value)
+        assert f"lost PostgreSQL at 127.0.0.1:{port}" in message and "\n" not in message
+        assert "finished trials are kept" in message
+    finally:
+        for proxy in proxies:
+            proxy.kill()
+            proxy.wait()

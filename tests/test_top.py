@@ -1,0 +1,132 @@
+"""`hpo top`: the best complete trials of a study re-evaluated with several seeds and ranked by their mean."""
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from hpo.cli import main
+from hpo.top import reevaluate, top_trials
+from model.config import TrainConfig
+from model.synth import synthetic_data
+from model.train import train
+
+TINY = dict(
+    f_dim=8,
+    l_dim=4,
+    n_dim=4,
+    d_out_dim=8,
+    frame_h=8,
+    frame_w=16,
+    train_vi_len=4,
+    val_vi_len=6,
+    synth_train_frames=24,
+    epochs=1,
+    batch_size=2,
+    kl_anneal_cycle=1,
+    device="cpu",
+    seed=4,
+)
+LRS = (1e-4, 3e-3, 1e-2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory):
+    """A SQLite study of three trained trials (ask/tell, each with its complete config), a FAIL and a PRUNED."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('top') / 'hpo.db'}"
+    study = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
+    torch.set_num_threads(1)
+    for lr in LRS:
+        study.enqueue_trial({"lr": lr})
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        config = TrainConfig(**{**TINY, "lr": trial.params["lr"]}).validate()
+        trial.set_user_attr("config", json.dumps(config.to_dict()))
+        study.tell(trial, train(config, synthetic_data(config)).val_psnr)
+    for state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED):
+        trial = study.ask()
+        trial.set_user_attr("config", json.dumps(TrainConfig(**TINY).to_dict()))
+        trial.report(1000.0, 0)  # a high intermediate value must not make a pruned trial "best"
+        study.tell(trial, state=state)
+    return url
+
+
+def test_top_trials_are_the_best_complete_ones(study_url):
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
+    assert [t.number for t in top_trials(study, 2)] == [t.number for t in complete[:2]]
+    assert len(top_trials(study, 10)) == 3
+
+
+def test_reevaluate_ranks_by_mean_over_seeds(study_url):
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    rows = reevaluate(study, k=2, seeds=2)
+    best_two = {t.number for t in top_trials(study, 2)}
+    assert {r.trial for r in rows} == best_two
+    assert rows[0].mean >= rows[1].mean
+    for row in rows:
+        assert row.seeds == [4, 5]
+        assert row.values[0] == row.original  # seed+0 repeats the trial exactly
+        assert row.values[1] != row.values[0]
+        assert row.std == pytest.approx(abs(row.values[0] - row.values[1]) / 2**0.5)
+
+
+def test_cli_prints_the_table(study_url, capsys):
+    code = main(["top", "--study", "tiny", "--storage", study_url, "-k", "3", "--seeds", "1", "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "rank" in lines[1] and "original" in lines[1]
+    table = [line.split() for line in lines[2:]]
+    assert [row[0] for row in table] == ["1", "2", "3"]
+    means = [float(row[2]) for row in table]
+    assert means == sorted(means, reverse=True)
+    for row in table:  # one seed: mean = original, std = 0
+        assert row[2] == row[4] and float(row[3]) == 0.0
+    assert "trial" in err and "seed 4" in err  # one progress line per run
+
+
+def _assert_usage_error(code, err, needle):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_unknown_study(study_url, capsys):
+    code = main(["top", "--study", "nope", "--storage", study_url])
+    _assert_usage_error(code, capsys.readouterr().err, "unknown study 'nope'")
+
+
+def test_study_without_complete_trials(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    study = optuna.create_study(storage=url, study_name="empty", direction="maximize")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    code = main(["top", "--study", "empty", "--storage", url])
+    _assert_usage_error(code, capsys.readouterr().err, "no complete trial")
+
+
+@pytest.mark.parametrize(("argv", "needle"), [(["-k", "0"], "-k"), (["--seeds", "0"], "--seeds")])
+def test_bad_counts(study_url, capsys, argv, needle):
+    code = main(["top", "--study", "tiny", "--storage", study_url, *argv])
+    _assert_usage_error(code, capsys.readouterr().err, needle)
+
+
+def test_a_real_study_reruns_its_trials_exactly(tmp_path):
+    """`hpo run` with the smoke spec stores each trial's complete config; rerun with seed+0 it repeats the value."""
+    from hpo.run import RunOptions, run_study
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    run_study(RunOptions(study="smoke", n_trials=2, storage=url, sets=["device=cpu"], quiet=True))
+    study = optuna.load_study(study_name="smoke", storage=url)
+    rows = reevaluate(study, k=1, seeds=1)
+    assert len(rows) == 1 and rows[0].trial == study.best_trial.number
+    assert rows[0].values == [study.best_value]
