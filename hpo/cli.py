@@ -15,7 +15,19 @@ import traceback
 from model.errors import UsageError
 
 # One module per command; order is the order `hpo --help` lists them.
-COMMANDS: tuple[str, ...] = ("train", "retrain", "predict", "top", "data", "report", "dashboard")
+COMMANDS: tuple[str, ...] = (
+    "run",
+    "status",
+    "best",
+    "export",
+    "report",
+    "dashboard",
+    "top",
+    "retrain",
+    "predict",
+    "train",
+    "data",
+)
 
 EXIT_USAGE = 2
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from model.data import DataSet, load_data
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.spec import StudySpec
 from model.config import TrainConfig
+from model.data import DataSet, load_data
 from model.train import EpochHook, TrainResult, stages, train
 
 # Per-epoch curves kept as user attrs (small lists of floats: large attrs slow the dashboard, DESIGN §8).

@@ -85,8 +85,10 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
         raise SpecError(f"unknown pruner {spec.pruner!r}: use one of {', '.join(PRUNERS)}")
     searched = sorted(set(overrides) & set(spec.space))
     if searched:
-        raise SpecError(f"{', '.join(searched)} is searched by this study: drop it from --set, or fix it in a spec "
-                        "of your own (studies/NAME.toml) with a new --study-name")
+        raise SpecError(
+            f"{', '.join(searched)} is searched by this study: drop it from --set, or fix it in a spec "
+            "of your own (studies/NAME.toml) with a new --study-name"
+        )
     spec.base_config(overrides)  # validates --set values against the fixed fields
     make_sampler(spec.sampler, spec.seed, spec.sampler_options)  # option errors surface now, not mid-study
     return spec, overrides
@@ -105,7 +107,7 @@ def open_study(spec: StudySpec, storage: Any, sampler_seed: int | None = None) -
             sampler=sampler,
             pruner=pruner,
             study_name=spec.name,
-            direction=spec.direction,
+            direction=optuna.study.StudyDirection[spec.direction.upper()],
             load_if_exists=True,
         )
     check_compatible(study, spec)
@@ -154,6 +156,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         timeout=opts.timeout,
         on_trial_start=printer.trial_started,
         on_trial_end=printer.trial_finished,
+        distributions=spec.space,
     )
     summary = _summary(study, result, time.perf_counter() - started)
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)

@@ -20,6 +20,10 @@ from model.net import CVAE
 MODEL_SHAPE_FIELDS = ("f_dim", "l_dim", "n_dim", "d_out_dim")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: str | Path, write: Any) -> None:
     """Call write(file_object) on a temp file in the target dir, fsync, then rename over `path`."""
     path = Path(path)
@@ -30,6 +34,7 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -97,5 +102,5 @@ def model_from_checkpoint(state: dict[str, Any], expect: TrainConfig | None = No
             f"checkpoint weights do not fit the model ({first}): it is from another model shape"
         ) from None
     if config.channels_last:  # same memory format as in training, so outputs match bit for bit
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model

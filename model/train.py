@@ -111,7 +111,7 @@ def train(
     seed_everything(config.seed)
     model = CVAE.from_config(config).to(device)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if config.compile:
         # nn.Module.compile() compiles forward in place, so state_dict keys (and checkpoints) stay the same.
         for part in (model.frame_enc, model.posterior, model.fusion, model.generator):

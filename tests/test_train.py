@@ -13,8 +13,22 @@ from model.metrics import copy_last_psnr
 from model.synth import synthetic_data
 from model.train import evaluate, train
 
-TINY = dict(epochs=2, batch_size=2, train_vi_len=4, val_vi_len=6, frame_h=8, frame_w=16, f_dim=8, l_dim=4,
-            n_dim=4, d_out_dim=8, synth_train_frames=24, device="cpu", kl_anneal_cycle=1, seed=3)
+TINY = dict(
+    epochs=2,
+    batch_size=2,
+    train_vi_len=4,
+    val_vi_len=6,
+    frame_h=8,
+    frame_w=16,
+    f_dim=8,
+    l_dim=4,
+    n_dim=4,
+    d_out_dim=8,
+    synth_train_frames=24,
+    device="cpu",
+    kl_anneal_cycle=1,
+    seed=3,
+)
 
 
 def tiny(**kw):
@@ -24,9 +38,26 @@ def tiny(**kw):
 @pytest.mark.slow
 def test_three_epochs_beat_copy_last_frame_by_3_db():
     # Shrunk dims/frames (the test may shrink them through the config); same maths as the default model.
-    config = TrainConfig(epochs=3, batch_size=4, train_vi_len=8, val_vi_len=32, frame_h=16, frame_w=32, f_dim=32,
-                         l_dim=8, n_dim=4, d_out_dim=32, synth_train_frames=256, tfr=1.0, tfr_sde=10,
-                         kl_anneal_type="Monotonic", kl_anneal_cycle=1, lr=2e-3, device="cpu", time_chunk=0).validate()
+    config = TrainConfig(
+        epochs=3,
+        batch_size=4,
+        train_vi_len=8,
+        val_vi_len=32,
+        frame_h=16,
+        frame_w=32,
+        f_dim=32,
+        l_dim=8,
+        n_dim=4,
+        d_out_dim=32,
+        synth_train_frames=256,
+        tfr=1.0,
+        tfr_sde=10,
+        kl_anneal_type="Monotonic",
+        kl_anneal_cycle=1,
+        lr=2e-3,
+        device="cpu",
+        time_chunk=0,
+    ).validate()
     data = synthetic_data(config)
     baseline = copy_last_psnr(data.val.frames)
     result = train(config, data)

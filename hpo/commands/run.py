@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hpo.run import RunOptions, run_study
 
@@ -56,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     try:
-        run_study(opts)
+        summary = run_study(opts)
     except WorkerInterrupted as exc:
         print(f"interrupted: the running trial was marked FAIL (interrupted) and re-queued; exit {exc.exit_code}")
         return exc.exit_code
+    if summary.worker.stopped == "failures":
+        print(
+            "error: this worker stopped after too many failed trials in a row (see `hpo status` and each "
+            "trial's fail_reason)",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from model.data import load_data
-
 from hpo.progress import EpochBar
 from model.config import load_config
+from model.data import load_data
 from model.metrics import copy_last_psnr
 from model.train import stages, train
 
