@@ -19,6 +19,8 @@ import os
 import re
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import optuna
@@ -26,8 +28,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from hpo.dbretry import RetryingRDBStorage, first_line
 from hpo.errors import StorageError
@@ -42,6 +46,8 @@ HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 HEARTBEAT_GRACE = 30  # seconds without a heartbeat before a RUNNING trial counts as dead
 JOURNAL_PREFIX = "journal:///"
 _FIX = "check --storage / HPO_STORAGE"
+# pg_advisory_lock key serialising Optuna's schema creation (a constant: it is per database, not per study).
+_SCHEMA_LOCK_KEY = 0x5650_4850_4F53_4348  # "VPHPOSCH"
 _SCHEMES = "sqlite:///FILE.db, postgresql+psycopg://USER@HOST:PORT/DB or journal:///FILE.log"
 
 # user:password@ in any scheme; the password may hold anything up to the last '@' (masking too much is safe).
@@ -133,7 +139,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
             "connect_args": {"connect_timeout": 5},
         }
     try:
-        with warnings.catch_warnings():
+        with _schema_lock(url) if scheme != "sqlite" else nullcontext(), warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RetryingRDBStorage(url, where=where, engine_kwargs=engine_kwargs, **kwargs)
     except OperationalError as exc:
@@ -150,6 +156,28 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
             f"{where} holds an Optuna schema of another version ({first_line(exc)}): "
             f"run `optuna storage upgrade --storage URL`"
         ) from None
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates or checks its tables.
+
+    Optuna's RDBStorage creates the schema (enum types, tables, version rows, alembic stamp) without a lock:
+    workers started together on a fresh database failed with `duplicate key ... studydirection` (measured
+    here with 3 `hpo run`). The lock lives on a connection of its own and dies with it.
+    """
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def _open_journal(url: str) -> JournalStorage:

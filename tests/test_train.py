@@ -38,6 +38,8 @@ def tiny(**kw):
 @pytest.mark.slow
 def test_three_epochs_beat_copy_last_frame_by_3_db():
     # Shrunk dims/frames (the test may shrink them through the config); same maths as the default model.
+    # beta stays small (Monotonic over 20 periods' ratio): with few epochs a full-weight KL on the 2048
+    # latent values per frame swamps the MSE, as the lab report saw in its first epochs.
     config = TrainConfig(
         epochs=3,
         batch_size=4,
@@ -49,12 +51,13 @@ def test_three_epochs_beat_copy_last_frame_by_3_db():
         l_dim=8,
         n_dim=4,
         d_out_dim=32,
-        synth_train_frames=256,
+        synth_train_frames=1024,
         tfr=1.0,
         tfr_sde=10,
         kl_anneal_type="Monotonic",
         kl_anneal_cycle=1,
-        lr=2e-3,
+        kl_anneal_ratio=20.0,
+        lr=5e-3,
         device="cpu",
         time_chunk=0,
     ).validate()

@@ -1,0 +1,260 @@
+"""Study benchmarks (issue 3): the default 50-trial study, pruning's worth, samplers compared.
+
+Every study runs as a user runs it: `python -m hpo run --study vp-bo ...` in a subprocess on a fresh
+SQLite file, on the embedded defaults (synthetic data, the spec's `small` profile, CPU). Numbers are read
+back from the storage afterwards.
+
+    python bench/bench_study.py main                        # `hpo run --study vp-bo --n-trials 50`, timed
+    python bench/bench_study.py pruning --trials 20 --seeds 0 1
+    python bench/bench_study.py samplers --trials 20 --seeds 0 1 2
+    python bench/bench_study.py all                         # the three above (~1.5 h on a 2-core CPU)
+
+Each part replaces its own subsection of bench/RESULTS.md (`--results` for another file, `--dry` for none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Studies (issue 3)"
+HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
+SAMPLERS = ("tpe", "gp", "skopt", "random")
+
+
+@dataclass
+class StudyRun:
+    """One `hpo run` and what its storage holds afterwards."""
+
+    sampler: str
+    pruner: str
+    seed: int | None
+    n_trials: int
+    seconds: float
+    best: float
+    enqueued: float | None  # value of the warm-start (report) config, when it completed
+    epochs: int  # epochs trained over all trials (reported intermediate values)
+    states: dict[str, int]
+
+
+def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int | None, tmp: Path) -> StudyRun:
+    """`python -m hpo run --study vp-bo --n-trials N [...]` in `tmp` (its ./hpo.db); wall time start to exit."""
+    cmd = [sys.executable, "-m", "hpo", "run", "--study", "vp-bo", "--n-trials", str(n_trials), "-q"]
+    for flag, value in (("--sampler", sampler), ("--pruner", pruner), ("--seed", seed)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    study = optuna.load_study(study_name="vp-bo", storage=f"sqlite:///{tmp / 'hpo.db'}")
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    enqueued = [t.value for t in trials if t.user_attrs.get("enqueued") and t.value is not None]
+    return StudyRun(
+        sampler=sampler or str(study.user_attrs.get("sampler")),
+        pruner=pruner or str(study.user_attrs.get("pruner")),
+        seed=seed,
+        n_trials=n_trials,
+        seconds=seconds,
+        best=float(study.best_value),
+        enqueued=enqueued[0] if enqueued else None,
+        epochs=sum(len(t.intermediate_values) for t in trials),
+        states=states,
+    )
+
+
+def copy_last_baseline() -> float:
+    """Copy-the-last-frame PSNR on the validation video the small profile's trials are scored on."""
+    from hpo.spec import load_spec
+    from model.metrics import copy_last_psnr
+    from model.synth import synthetic_data
+
+    config = load_spec("vp-bo", "small").base_config()
+    return float(copy_last_psnr(synthetic_data(config).val.frames))
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"optuna {optuna.__version__}, Python {platform.python_version()}"
+    )
+
+
+def _fresh(parent: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix="study-", dir=parent))
+
+
+def part_main(parent: Path) -> list[str]:
+    baseline = copy_last_baseline()
+    r = run_study(50, None, None, None, _fresh(parent))
+    ok_time = r.seconds < 600
+    ok_base = r.best >= baseline + 3.0
+    ok_enq = r.enqueued is not None and r.best > r.enqueued
+    enq = f"{r.enqueued:.2f} dB" if r.enqueued is not None else "n/a (did not complete)"
+    return [
+        "### `hpo run --study vp-bo --n-trials 50` on the embedded defaults",
+        "",
+        f"Sampler {r.sampler}, pruner {r.pruner}, spec seed; SQLite in a fresh folder; small profile on the "
+        "built-in synthetic set; CPU.",
+        "",
+        "| wall time (start to summary) | trials by state | epochs trained | best val PSNR | copy-last | "
+        "enqueued report config |",
+        "|---|---|---|---|---|---|",
+        f"| **{r.seconds / 60:.1f} min** | {_states(r.states)} | {r.epochs} of {50 * _epochs()} | "
+        f"**{r.best:.2f} dB** | {baseline:.2f} dB | {enq} |",
+        "",
+        f"- under 10 minutes: {'met' if ok_time else 'missed'} ({r.seconds:.0f} s)",
+        f"- best at least 3 dB above copy-last: {'met' if ok_base else 'missed'} ({r.best - baseline:+.2f} dB)",
+        f"- best above the enqueued report config: {'met' if ok_enq else 'missed'}",
+        "",
+    ]
+
+
+def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
+    rows = ["| pruner | seed | epochs trained | best val PSNR | wall time | states |", "|---|---|---|---|---|---|"]
+    runs: dict[str, list[StudyRun]] = {"hyperband": [], "none": []}
+    for seed in seeds:
+        for pruner in ("hyperband", "none"):  # interleaved, so machine noise hits both
+            r = run_study(trials, "tpe", pruner, seed, _fresh(parent))
+            runs[pruner].append(r)
+            rows.append(
+                f"| {pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {r.seconds:.0f} s | {_states(r.states)} |"
+            )
+    hb, no = runs["hyperband"], runs["none"]
+    epoch_ratio = sum(r.epochs for r in hb) / sum(r.epochs for r in no)
+    gap = statistics.mean(r.best for r in hb) - statistics.mean(r.best for r in no)
+    return [
+        f"### Pruning's worth: hyperband vs none (tpe, {trials} trials, seeds {', '.join(map(str, seeds))})",
+        "",
+        *rows,
+        "",
+        f"Epochs with hyperband / without: **{epoch_ratio:.2f}** (target at most 0.5: "
+        f"{'met' if epoch_ratio <= 0.5 else 'missed'}); mean best PSNR difference **{gap:+.2f} dB** "
+        f"(target within 0.3 dB, or better: {'met' if gap >= -0.3 else 'missed'}).",
+        "",
+    ]
+
+
+def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[str]) -> list[str]:
+    best: dict[str, list[float]] = {s: [] for s in samplers}
+    secs: dict[str, list[float]] = {s: [] for s in samplers}
+    for seed in seeds:
+        for sampler in samplers:
+            r = run_study(trials, sampler, "hyperband", seed, _fresh(parent))
+            best[sampler].append(r.best)
+            secs[sampler].append(r.seconds)
+    rows = [
+        "| sampler | best val PSNR per seed | median | mean | wall time per study (mean) |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sorted(samplers, key=lambda s: -statistics.median(best[s])):
+        rows.append(
+            f"| {s} | {', '.join(f'{b:.2f}' for b in best[s])} | **{statistics.median(best[s]):.2f}** | "
+            f"{statistics.mean(best[s]):.2f} | {statistics.mean(secs[s]):.0f} s |"
+        )
+    return [
+        f"### Samplers on the same budget ({trials} trials, hyperband, seeds {', '.join(map(str, seeds))})",
+        "",
+        *rows,
+        "",
+    ]
+
+
+def _states(states: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.lower()}" for k, n in sorted(states.items()))
+
+
+def _epochs() -> int:
+    from hpo.spec import load_spec
+
+    return load_spec("vp-bo", "small").base_config().epochs
+
+
+def write_part(path: Path, name: str, header: list[str], body: list[str]) -> None:
+    """Replace subsection `name` (between its markers) of this script's section, creating what is missing."""
+    begin, end = f"<!-- bench_study:{name} -->", f"<!-- /bench_study:{name} -->"
+    block = "\n".join([begin, *header, *body, end])
+    text = path.read_text() if path.exists() else HEADER
+    if SECTION not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\nWritten by `bench/bench_study.py`.\n"
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        at = len(text) if nxt < 0 else nxt + 1
+        text = text[:at].rstrip("\n") + "\n\n" + block + "\n" + ("\n" + text[at:] if nxt >= 0 else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=("main", "pruning", "samplers", "all"))
+    p.add_argument("--trials", type=int, default=20, help="budget of each pruning/sampler study (default 20)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="study seeds (pruning: 0 1; samplers: 0 1 2)")
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--dry", action="store_true", help="print the markdown, write nothing")
+    args = p.parse_args()
+    parts = ("main", "pruning", "samplers") if args.part == "all" else (args.part,)
+    with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
+        for part in parts:
+            started = time.perf_counter()
+            load = os.getloadavg()
+            if part == "main":
+                body = part_main(Path(tmp))
+            elif part == "pruning":
+                body = part_pruning(Path(tmp), args.trials, args.seeds or [0, 1])
+            else:
+                body = part_samplers(Path(tmp), args.trials, args.seeds or [0, 1, 2], args.samplers)
+            cmd = "python bench/bench_study.py " + shlex.join(
+                [part, *(["--trials", str(args.trials)] if part != "main" else [])]
+                + (["--seeds", *map(str, args.seeds)] if args.seeds and part != "main" else [])
+                + (["--samplers", *args.samplers] if part == "samplers" and args.samplers != list(SAMPLERS) else [])
+            )
+            header = [
+                f"Command: `{cmd}`  ",
+                f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
+                f"Machine: {machine()}  ",
+                f"Load average before / after: {' '.join(f'{x:.2f}' for x in load)} / "
+                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; part took "
+                f"{(time.perf_counter() - started) / 60:.1f} min",
+                "",
+            ]
+            print("\n".join(header + body))
+            if not args.dry:
+                write_part(args.results, part, header, body)
+
+
+if __name__ == "__main__":
+    main()
