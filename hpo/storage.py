@@ -164,18 +164,14 @@ def _schema_lock(url: str) -> Iterator[None]:
 
     Optuna's RDBStorage creates the schema (enum types, tables, version rows, alembic stamp) without a lock:
     workers started together on a fresh database failed with `duplicate key ... studydirection` (measured
-    here with 3 `hpo run`). The lock lives on a connection of its own and dies with it.
+    here with 3 `hpo run`). The lock lives on an unpooled connection of its own: closing it releases the lock.
     """
     engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
             conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
-                conn.commit()
+            yield
     finally:
         engine.dispose()
 
