@@ -94,9 +94,14 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
     return spec, overrides
 
 
-def open_study(spec: StudySpec, storage: Any, sampler_seed: int | None = None) -> optuna.Study:
-    """Load the study if it exists (checking direction and space), else create it with the spec's attrs."""
-    epochs = sum(n for *_, n in stages(spec.base_config()))
+def open_study(
+    spec: StudySpec, storage: Any, sampler_seed: int | None = None, overrides: dict[str, Any] | None = None
+) -> optuna.Study:
+    """Load the study if it exists (checking direction and space), else create it with the spec's attrs.
+
+    `overrides` (`--set epochs=...`) size the pruner to the epochs the trials will really run.
+    """
+    epochs = sum(n for *_, n in stages(spec.base_config(overrides)))
     sampler = make_sampler(spec.sampler, sampler_seed if sampler_seed is not None else spec.seed, spec.sampler_options)
     pruner = make_pruner(spec.pruner, epochs, spec.pruner_options)
     try:
@@ -120,7 +125,7 @@ def run_study(opts: RunOptions) -> RunSummary:
     spec, overrides = prepare(opts)
     url = resolve_url(opts.storage)
     storage = open_storage(url)
-    study = open_study(spec, storage)
+    study = open_study(spec, storage, overrides=overrides)
     with study_lock(study):
         # First worker in records the spec and enqueues the warm-start configs; later ones get a join index,
         # which derives their distinct sampler seed (the same TPE seed on every worker repeats trials).
@@ -137,7 +142,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         study.set_user_attr("workers_joined", join + 1)
     reaped = reap_stale(study)
     seed = worker_seed(spec.seed, str(join))
-    study = open_study(spec, storage, sampler_seed=seed)
+    study = open_study(spec, storage, sampler_seed=seed, overrides=overrides)
     base = spec.base_config(overrides)
     data_name = base.data or "synthetic (built-in)"
     printer = TrialPrinter(study, quiet=opts.quiet)
