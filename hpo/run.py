@@ -89,7 +89,8 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
             f"{', '.join(searched)} is searched by this study: drop it from --set, or fix it in a spec "
             "of your own (studies/NAME.toml) with a new --study-name"
         )
-    spec.base_config(overrides)  # validates --set values against the fixed fields
+    base = spec.base_config(overrides)  # validates --set values against the fixed fields
+    _device_label(base.device)  # `--device cuda` on a machine without one fails here, before the storage
     make_sampler(spec.sampler, spec.seed, spec.sampler_options)  # option errors surface now, not mid-study
     return spec, overrides
 
@@ -148,7 +149,7 @@ def run_study(opts: RunOptions) -> RunSummary:
     printer = TrialPrinter(study, quiet=opts.quiet)
     printer.say(
         f"study {spec.name} | data {data_name} | profile {spec.profile or 'none'} | storage {mask_url(url)} | "
-        f"sampler {spec.sampler} (seed {seed}) | pruner {spec.pruner} | device {base.device} | "
+        f"sampler {spec.sampler} (seed {seed}) | pruner {spec.pruner} | device {_device_label(base.device)} | "
         f"budget {opts.n_trials} trials" + (f" | reaped {reaped} stale" if reaped else "")
     )
     objective = Objective(spec, overrides, epoch_hook_factory=printer.epoch_hook, after_train=_after_train(url))
@@ -166,6 +167,13 @@ def run_study(opts: RunOptions) -> RunSummary:
     summary = _summary(study, result, time.perf_counter() - started)
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)
     return summary
+
+
+def _device_label(name: str) -> str:
+    from model.device import resolve_device
+
+    resolved = str(resolve_device(name))
+    return resolved if resolved == name else f"{resolved} ({name})"
 
 
 def _after_train(url: str) -> Any:

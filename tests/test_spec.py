@@ -3,6 +3,7 @@
 import textwrap
 
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import main
@@ -101,6 +102,12 @@ def run_cli(tmp_path, capsys, *args):
         (["--study", "smoke", "--set", "kl_anneal_ratio=-1"], "kl_anneal_ratio must be > 0"),
         (["--study", "smoke", "--set", "lr=1e-3"], "lr is searched"),
         (["--study", "missing/spec.toml"], "not found"),
+        (["--study", "smoke", "--device", "bogus"], "device must be auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            ["--study", "smoke", "--device", "cuda"],
+            "CUDA is not available here: use --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_run_bad_input_is_one_line_exit_2_nothing_created(tmp_path, capsys, args, match):
