@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.locks import study_lock
 from hpo.storage import warn_if_sqlite_shared
@@ -37,8 +37,12 @@ _STATE_KEYS = {
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
+    return _counts(study.get_trials(deepcopy=False))
+
+
+def _counts(trials: list[FrozenTrial]) -> dict[str, int]:
     counts = dict.fromkeys(_STATE_KEYS.values(), 0)
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[_STATE_KEYS[t.state]] += 1
     return counts
 
@@ -66,9 +70,10 @@ def claim_trial(
 def _claim_locked(
     study: optuna.Study, n_trials: int, distributions: Mapping[str, BaseDistribution] | None
 ) -> optuna.Trial | None:
-    if used_slots(budget_counts(study)) >= n_trials:
+    trials = study.get_trials(deepcopy=False)  # one read for the count and the shared-SQLite check
+    if used_slots(_counts(trials)) >= n_trials:
         return None
-    warn_if_sqlite_shared(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    warn_if_sqlite_shared(study, [t for t in trials if t.state == TrialState.RUNNING])
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the heartbeat itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage")

@@ -102,9 +102,10 @@ class Objective:
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
             if progress is not None:
                 progress(epoch, metrics)
-            trial.report(float(metrics["val_psnr"]), epoch)
+            # step = epochs trained so far (1-based): the pruners' resource (Hyperband min/max_resource)
+            trial.report(float(metrics["val_psnr"]), epoch + 1)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val PSNR {metrics['val_psnr']:.2f} dB")
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with val PSNR {metrics['val_psnr']:.2f} dB")
 
         result = train(config, data, on_epoch=on_epoch)
         trial.set_user_attr("device", result.device)

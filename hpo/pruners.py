@@ -1,7 +1,7 @@
 """Pruners by name (DESIGN §6): a spec's `[pruner]` name and options become an Optuna pruner.
 
-The resource is the epoch: the objective reports val PSNR once per epoch, so `max_resource` is the number of
-epochs a trial trains.
+The resource is the epoch: the objective reports val PSNR once per epoch at step = epochs trained so far
+(1, 2, ...), so `min_resource`/`max_resource` are numbers of epochs.
 """
 
 from __future__ import annotations

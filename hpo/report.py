@@ -287,7 +287,7 @@ def _states(study: optuna.Study) -> str:
         [["pruned", len(pruned), f"{len(pruned) / n:.0%}"], ["failed", len(failed), f"{len(failed) / n:.0%}"]],
     )
     if pruned:
-        at = Counter(max(t.intermediate_values) + 1 for t in pruned if t.intermediate_values)
+        at = Counter(max(t.intermediate_values) for t in pruned if t.intermediate_values)
         out += "<p>Pruned after epoch: " + html.escape(", ".join(f"{e} ({c}×)" for e, c in sorted(at.items()))) + "</p>"
     if failed:
         rows = [

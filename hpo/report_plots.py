@@ -118,7 +118,7 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure:
         group = "pruned trials" if t.state == TrialState.PRUNED else "other trials"
         fig.add_trace(
             go.Scatter(
-                x=[s + 1 for s in steps],
+                x=steps,
                 y=[t.intermediate_values[s] for s in steps],
                 mode="lines+markers" if len(steps) == 1 else "lines",
                 line={"color": "#bbbbbb", "width": 1, "dash": "dot" if group == "pruned trials" else "solid"},
@@ -134,7 +134,7 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure:
         steps = sorted(t.intermediate_values)
         fig.add_trace(
             go.Scatter(
-                x=[s + 1 for s in steps],
+                x=steps,
                 y=[t.intermediate_values[s] for s in steps],
                 mode="lines+markers",
                 line={"color": HIGHLIGHT[rank], "width": 3},
@@ -143,7 +143,7 @@ def learning_curves_figure(study: optuna.Study) -> go.Figure:
             )
         )
     fig = _titled(fig, f"Learning curves (best {min(BEST_K, len(best))} highlighted)", "epoch", PSNR)
-    return _integer_x(fig, max(max(t.intermediate_values) + 1 for t in trials))
+    return _integer_x(fig, max(max(t.intermediate_values) for t in trials))
 
 
 def schedules_figure(config: TrainConfig, trial: FrozenTrial) -> go.Figure:

@@ -219,6 +219,9 @@ def reap_stale(study: optuna.Study) -> int:
     if isinstance(backend, RDBStorage):
         if backend.get_heartbeat_interval() is None:
             return 0
+        # One query in the usual case (nothing stale), instead of three: this runs before every claim.
+        if not backend._get_stale_trial_ids(study._study_id):
+            return 0
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)

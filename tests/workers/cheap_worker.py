@@ -1,6 +1,7 @@
 """A real worker process on a cheap objective, for the multi-process tests of `hpo.worker`.
 
     python tests/workers/cheap_worker.py URL STUDY N_TRIALS --seed K [--epochs E] [--epoch-seconds S] [--go FILE]
+        [--no-prune]
 
 The study must exist. Prints one line per event on stdout ("start N", "end N STATE VALUE", "done ...") so a
 test can time a kill; exits 0, 130/143 on SIGINT/SIGTERM (WorkerInterrupted), 2 on StorageError.
@@ -42,6 +43,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--epoch-seconds", type=float, default=0.05)
     p.add_argument("--poll", type=float, default=0.2)
+    p.add_argument("--no-prune", action="store_true", help="every trial runs all epochs (bench/bench_storage.py)")
     p.add_argument("--go", help="print 'ready', then start only once this file exists (a start line for all)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -63,7 +65,11 @@ def main() -> int:
     try:
         storage = open_storage(args.url)
         sampler = optuna.samplers.TPESampler(seed=args.seed, constant_liar=True, n_startup_trials=4)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        pruner = (
+            optuna.pruners.NopPruner()
+            if args.no_prune
+            else optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        )
         study = optuna.load_study(study_name=args.study, storage=storage, sampler=sampler, pruner=pruner)
         if args.go:
             say("ready")
