@@ -65,8 +65,23 @@ class WorkerResult:
     stopped: str = "budget"
 
 
+# Code an exception must not cut short: raised inside a driver call, it leaves the connection mid-command
+# (SQLAlchemy logs a traceback resetting it, Optuna may report a storage error).
+_STORAGE_MODULES = ("sqlalchemy", "psycopg", "optuna.storages", "hpo.dbretry", "filelock")
+_RECHECK_S = 0.01
+
+
+def _in_storage_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Signals:
-    """SIGINT/SIGTERM while `armed` (in the objective, or waiting) raise WorkerInterrupted at once; elsewhere
+    """SIGINT/SIGTERM while `armed` (in the objective, or waiting) raise WorkerInterrupted at once, or, when
+    they land inside a storage call, as soon as it has returned (re-checked every 10 ms on SIGALRM); elsewhere
     (claiming, telling) they are held until `check()`, so no trial is left half-created or half-told. The
     first signal restores the previous handlers: a second one acts as usual (KeyboardInterrupt, termination)."""
 
@@ -74,6 +89,7 @@ class _Signals:
         self.signum: int | None = None
         self._armed = False
         self._previous: dict[int, Any] = {}
+        self._previous_alarm: Any = None  # SIGALRM's handler while a deferred signal waits to be raised
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
@@ -83,6 +99,7 @@ class _Signals:
 
     def __exit__(self, *exc: object) -> None:
         self._restore()
+        self._stop_recheck()
 
     def _restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -94,7 +111,28 @@ class _Signals:
             self.signum = signum
         self._restore()
         if self._armed:
-            raise WorkerInterrupted(signum)
+            self._raise_outside_storage(frame)
+
+    def _raise_outside_storage(self, frame: FrameType | None) -> None:
+        if self.signum is None:
+            return
+        if _in_storage_call(frame) and hasattr(signal, "setitimer"):
+            if self._previous_alarm is None:
+                self._previous_alarm = signal.signal(signal.SIGALRM, self._recheck) or signal.SIG_DFL
+            signal.setitimer(signal.ITIMER_REAL, _RECHECK_S)
+            return
+        self._stop_recheck()
+        raise WorkerInterrupted(self.signum)
+
+    def _recheck(self, signum: int, frame: FrameType | None) -> None:
+        if self._armed:
+            self._raise_outside_storage(frame)
+
+    def _stop_recheck(self) -> None:
+        if self._previous_alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous_alarm)
+            self._previous_alarm = None
 
     @contextmanager
     def armed(self) -> Iterator[None]:
@@ -104,6 +142,7 @@ class _Signals:
             yield
         finally:
             self._armed = False
+            self._stop_recheck()  # a signal still deferred is raised by the next check()
 
     def check(self) -> None:
         if self.signum is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -194,7 +195,10 @@ def test_dashboard_and_workers_share_the_artifact_volume(services: dict[str, Any
 
 
 @pytest.mark.parametrize(("env", "n_trials"), [({}, 50), ({"HPO_N_TRIALS": "7"}, 7)])
-def test_worker_command_is_a_valid_hpo_run(env: dict[str, str], n_trials: int) -> None:
+def test_worker_command_is_a_valid_hpo_run(env: dict[str, str], n_trials: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker runs on a GPU host: `prepare` checks that --device cuda exists, so stand in for one GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     worker = load({**ENV, **env})["services"]["worker"]
     args = hpo_args(worker)
     assert (args.command, args.study, args.device, args.n_trials) == ("run", "vp-bo", "cuda", n_trials)

@@ -163,7 +163,7 @@ def test_killed_worker_trial_fails_by_heartbeat_and_a_survivor_retries_it(
     study = _load(pg_url)
     _assert_done(study, 5)
     killed = study.trials[number]
-    assert killed.state == TrialState.FAIL
+    assert killed.state == TrialState.FAIL, _logs(survivors)
     assert "fail_reason" not in killed.user_attrs  # failed by the heartbeat check, not by a worker's own tell
     (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [number]]
     assert retry.params == killed.params and retry.state.is_finished()
@@ -180,12 +180,12 @@ def test_sigterm_fails_the_running_trial_requeues_it_and_exits_143(
     number, _ = _wait_running(pg_url, {worker.pid}, [worker])
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.finish(60) == 143, worker.logs()
-    assert "interrupted: the running trial was marked FAIL" in worker.out.read_text()
+    assert "interrupted: the running trial was marked FAIL" in worker.out.read_text(), worker.logs()
     assert "Traceback" not in worker.err.read_text(), worker.logs()
 
     study = _load(pg_url)
     failed = study.trials[number]
-    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted", worker.logs()
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.user_attrs["retry_of"] == number and queued.system_attrs["fixed_params"] == failed.params
 

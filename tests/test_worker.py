@@ -12,16 +12,18 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import psycopg
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.budget import _confirm_claim
-from hpo.storage import open_storage
+from hpo.storage import backend_of, open_storage
 from hpo.worker import WorkerInterrupted, budget_counts, claim_trial, run_worker
 from model.errors import DivergedError
 
@@ -165,6 +167,46 @@ def test_interrupt_fails_and_requeues_the_running_trial() -> None:
     result = run_worker(study, _quadratic, 1)
     (retry,) = _finished(study)
     assert result.complete == 1 and retry.params == failed.params
+
+
+@pytest.mark.postgres
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_interrupt_landing_in_a_database_call_is_raised_once_it_returns(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raised inside a driver call, the interrupt left the connection mid-command (SQLAlchemy logged a traceback
+    resetting it; Optuna could report a storage error): it must wait until the call has returned."""
+    study = _study(pg_url)
+    statements: dict[str, int | None] = {"n": None}
+
+    def signal_mid_statement(*args: object) -> None:
+        n = statements["n"]
+        if n is not None and threading.current_thread() is threading.main_thread():
+            statements["n"] = n + 1
+            if n == 5:
+                os.kill(os.getpid(), signal.SIGTERM)  # its handler runs inside SQLAlchemy's execute
+
+    sqlalchemy.event.listen(backend_of(study).engine, "before_cursor_execute", signal_mid_statement)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", -1, 1)
+        statements["n"] = 0
+        for epoch in range(1000):
+            trial.report(float(epoch), epoch)
+            time.sleep(0.01)  # training
+        return 0.0
+
+    started = time.monotonic()
+    with pytest.raises(WorkerInterrupted) as info:
+        run_worker(study, objective, 1)
+    assert info.value.exit_code == 143 and time.monotonic() - started < 5
+    modules = [str(f.f_globals.get("__name__")) for f, _ in traceback.walk_tb(info.value.__traceback__)]
+    assert not [m for m in modules if m.startswith(("sqlalchemy", "psycopg", "optuna.storages"))], modules
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")] == []
+    failed, waiting = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
+    assert waiting.state == TrialState.WAITING and waiting.system_attrs["fixed_params"] == failed.params
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL  # the re-check timer left with the worker
 
 
 def test_lost_lock_gives_back_an_overdrawn_slot() -> None:
