@@ -49,6 +49,7 @@ class StudyRun:
     enqueued: float | None  # value of the warm-start (report) config, when it completed
     epochs: int  # epochs trained over all trials (reported intermediate values)
     states: dict[str, int]
+    fail_reasons: dict[str, int]  # fail_reason user attr -> count, over the FAIL trials
 
 
 def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int | None, tmp: Path) -> StudyRun:
@@ -70,6 +71,12 @@ def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int 
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     enqueued = [t.value for t in trials if t.user_attrs.get("enqueued") and t.value is not None]
+    reasons: dict[str, int] = {}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            # "diverged at epoch 2: ..." -> "diverged": the kind of failure, not each trial's numbers
+            kind = str(t.user_attrs.get("fail_reason", "no reason recorded")).split(":")[0].split(" at epoch")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
     return StudyRun(
         sampler=sampler or str(study.user_attrs.get("sampler")),
         pruner=pruner or str(study.user_attrs.get("pruner")),
@@ -80,6 +87,7 @@ def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int 
         enqueued=enqueued[0] if enqueued else None,
         epochs=sum(len(t.intermediate_values) for t in trials),
         states=states,
+        fail_reasons=reasons,
     )
 
 
@@ -136,6 +144,7 @@ def part_main(parent: Path) -> list[str]:
         f"- under 10 minutes: {'met' if ok_time else 'missed'} ({r.seconds:.0f} s)",
         f"- best at least 3 dB above copy-last: {'met' if ok_base else 'missed'} ({r.best - baseline:+.2f} dB)",
         f"- best above the enqueued report config: {'met' if ok_enq else 'missed'}",
+        f"- failed trials by reason (FAIL does not consume the budget): {_reasons(r.fail_reasons)}",
         "",
     ]
 
@@ -192,6 +201,10 @@ def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[st
 
 def _states(states: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.lower()}" for k, n in sorted(states.items()))
+
+
+def _reasons(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])) or "none"
 
 
 def _epochs() -> int:

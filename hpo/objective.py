@@ -91,7 +91,8 @@ class Objective:
         total = sum(n for *_, n in stages(config))
         progress = self.epoch_hook_factory(trial, total) if self.epoch_hook_factory else None
         curves: dict[str, list[float]] = {k: [] for k in CURVES}
-        trial.set_user_attr("host", trial.user_attrs.get("host", socket.gethostname()))
+        if "host" not in trial.user_attrs:  # the worker's claim records it; other callers (study.optimize) do not
+            trial.set_user_attr("host", socket.gethostname())
         # The complete config makes `hpo export` exact, whatever --set/--data the worker ran with.
         trial.set_user_attr("config", json.dumps(config.to_dict(), sort_keys=True))
 
