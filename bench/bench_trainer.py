@@ -158,9 +158,13 @@ class Variant:
         terms: ClipLoss
         with autocast(self.config, self.device):
             if self.template:
-                terms = clip_loss_stepwise(self.model, frames, poses, BETA, self.teacher_forcing, eps)
+                terms = clip_loss_stepwise(
+                    self.model, frames, poses, BETA, self.teacher_forcing, eps, clamp_feedback=False
+                )
             else:
-                terms = clip_loss(self.model, frames, poses, BETA, self.teacher_forcing, eps, self.chunk)
+                terms = clip_loss(
+                    self.model, frames, poses, BETA, self.teacher_forcing, eps, self.chunk, self.config.feedback_clamp
+                )
         loss = float(terms.loss.detach())  # the trainer reads the loss every step (NaN check)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()

@@ -59,6 +59,7 @@ def clip_loss(
     teacher_forcing: bool,
     eps: torch.Tensor | None = None,
     chunk: int = 0,
+    clamp_feedback: bool = True,
 ) -> ClipLoss:
     """Loss of one batch of clips, batched over time.
 
@@ -67,6 +68,8 @@ def clip_loss(
         beta: KL weight; teacher_forcing: feed true frame t-1 (else the detached previous prediction).
         eps: (S, B, N, H, W) reparameterisation noise; drawn on the frames' device when None.
         chunk: samples per batched call (0 = all at once).
+        clamp_feedback: feed back predictions clamped to [0, 1] (detached either way, so gradients are the
+            same function of what is fed; only the values fed differ).
     """
     b, length = frames.shape[:2]
     x = frames.transpose(0, 1)  # (L, B, 3, H, W)
@@ -91,7 +94,7 @@ def clip_loss(
         for t in range(s):
             pred_t = model.decode(model.frame_enc(prev), pose_feat[t], z[t])  # (B, 3, H, W)
             preds.append(pred_t)
-            prev = pred_t.detach()
+            prev = _fed_back(pred_t, clamp_feedback)
         pred = torch.stack(preds)
     mse = (pred.float() - x[1:].float()).pow(2).flatten(1).mean(dim=1).sum()  # sum_t mean-over-elements MSE_t
     loss = mse + beta * kl.float()
@@ -105,6 +108,7 @@ def clip_loss_stepwise(
     beta: float,
     teacher_forcing: bool,
     eps: torch.Tensor | None = None,
+    clamp_feedback: bool = True,
 ) -> ClipLoss:
     """The lab template's per-frame loop (reference for tests and the benchmark baseline): the previous frame is
     re-encoded every step and every call has batch B."""
@@ -117,8 +121,16 @@ def clip_loss_stepwise(
         pred, mu, logvar = model.step(frames[:, t], frames[:, t - 1] if teacher_forcing else prev, poses[:, t], e)
         mse = mse + (pred.float() - frames[:, t].float()).pow(2).mean()
         kl = kl + kl_divergence(mu, logvar, b).float()
-        prev = pred.detach()
+        prev = _fed_back(pred, clamp_feedback)
     return ClipLoss(mse + beta * kl, mse.detach(), kl.detach())
+
+
+def _fed_back(pred: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """The previous prediction as the next step's input: detached; clamped to the frames' range [0, 1] unless
+    `clamp` is off. Unclamped (the template), one overshooting frame is re-encoded, overshoots more, and within
+    a clip can reach inf (measured: 37 -> 1e13 -> NaN over three steps at lr 3.6e-3); evaluation clamps too."""
+    pred = pred.detach()
+    return pred.clamp(0.0, 1.0) if clamp else pred
 
 
 @torch.no_grad()

@@ -51,6 +51,8 @@ class TrainConfig:
     tfr_sde: int = 10  # epoch at which the ratio starts to decay (>= 0)
     tfr_d_step: float = 0.1  # ratio lost per epoch after tfr_sde (>= 0)
     tf_granularity: str = "epoch"  # draw teacher forcing once per "epoch" or per "batch"
+    feedback_clamp: bool = True  # without teacher forcing, feed back predictions clamped to [0, 1] as evaluation
+    # does (False: the template's raw feedback, which can blow up to inf/NaN within one clip at large lr)
     # --- KL annealing (DESIGN §4) -------------------------------------------------
     kl_anneal_type: str = "Cyclical"  # Cyclical | Monotonic | None
     kl_anneal_cycle: int = 10  # number of cycles over the run (M, >= 1)

@@ -226,7 +226,7 @@ def _train_epoch(
         b, length = frames.shape[:2]
         eps = torch.randn((length - 1, b, model.n_dim, *frames.shape[-2:]), generator=dev_gen, device=device)
         with autocast(config, device):
-            terms = clip_loss(model, frames, poses, beta, use_tf, eps, chunk)
+            terms = clip_loss(model, frames, poses, beta, use_tf, eps, chunk, config.feedback_clamp)
         loss_value = float(terms.loss.detach())
         if not math.isfinite(loss_value):
             raise DivergedError(epoch, loss_value)

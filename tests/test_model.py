@@ -1,5 +1,6 @@
 """The CVAE: parameter counts, shapes, batched == step-by-step, reparameterisation."""
 
+import pytest
 import torch
 
 from model.clip import clip_loss, clip_loss_stepwise, rollout
@@ -41,15 +42,16 @@ def _data(seed=0, b=2, length=6):
     return frames, poses, eps
 
 
-def test_batched_equals_stepwise_loss_and_grads():
+@pytest.mark.parametrize("clamp", [True, False])
+def test_batched_equals_stepwise_loss_and_grads(clamp: bool):
     frames, poses, eps = _data()
     for tf in (True, False):
         for chunk in (0, 3):
             torch.manual_seed(0)
             a, b = CVAE(16, 8, 4, 16), CVAE(16, 8, 4, 16)
             b.load_state_dict(a.state_dict())
-            la = clip_loss(a, frames, poses, 0.7, tf, eps, chunk)
-            lb = clip_loss_stepwise(b, frames, poses, 0.7, tf, eps)
+            la = clip_loss(a, frames, poses, 0.7, tf, eps, chunk, clamp_feedback=clamp)
+            lb = clip_loss_stepwise(b, frames, poses, 0.7, tf, eps, clamp_feedback=clamp)
             torch.testing.assert_close(la.loss, lb.loss, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(la.kl, lb.kl, rtol=1e-5, atol=1e-6)
             la.loss.backward()
@@ -58,6 +60,33 @@ def test_batched_equals_stepwise_loss_and_grads():
                 torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
             # BatchNorm running statistics see the same per-step batches as the template
             torch.testing.assert_close(a.pose_enc[2].running_mean, b.pose_enc[2].running_mean)
+
+
+def _frame_encoder_inputs(m: CVAE) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    m.frame_enc.register_forward_hook(lambda _mod, args, _out: seen.append(args[0].detach()))
+    return seen
+
+
+@pytest.mark.parametrize("stepwise", [False, True])
+def test_fed_back_predictions_are_clamped_to_the_frame_range(stepwise: bool):
+    frames, poses, eps = _data(4)
+    m = CVAE(16, 8, 4, 16)
+    with torch.no_grad():
+        m.generator[-1].bias.fill_(5.0)  # every prediction overshoots the [0, 1] frame range
+    seen = _frame_encoder_inputs(m)
+
+    def loss(clamp: bool) -> float:
+        seen.clear()
+        if stepwise:
+            return float(clip_loss_stepwise(m, frames, poses, 1.0, False, eps, clamp_feedback=clamp).loss.detach())
+        return float(clip_loss(m, frames, poses, 1.0, False, eps, clamp_feedback=clamp).loss.detach())
+
+    clamped = loss(True)
+    assert seen and all(x.min() >= 0 and x.max() <= 1 for x in seen)
+    raw = loss(False)
+    assert max(float(x.max()) for x in seen) > 4  # the template feeds the overshoot back
+    assert clamped != raw
 
 
 def test_teacher_forcing_changes_the_loss():

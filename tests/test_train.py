@@ -99,6 +99,22 @@ def test_nan_loss_raises_diverged_naming_the_epoch():
         train(config, synthetic_data(config))
 
 
+@pytest.mark.slow
+def test_clamped_feedback_keeps_a_large_lr_trial_from_diverging():
+    """A vp-bo small-profile trial that diverged in the 50-trial study (fed-back predictions 37 -> 1e13 -> NaN in
+    one clip without teacher forcing) trains to the end once fed-back predictions are clamped."""
+    from hpo.spec import load_spec
+
+    params = dict(lr=0.0036, tfr=0.909, tfr_sde=2, tfr_d_step=0.3996, kl_anneal_type="Monotonic")
+    config = load_spec("vp-bo", "small").trial_config(
+        {**params, "kl_anneal_cycle": 1, "kl_anneal_ratio": 3.6396}, {"device": "cpu", "epochs": 1}
+    )
+    data = synthetic_data(config)
+    with pytest.raises(DivergedError, match="epoch 0"):
+        train(config.replace(feedback_clamp=False), data)
+    assert math.isfinite(train(config, data).val_psnr)
+
+
 def test_checkpoint_round_trip_identical_outputs(tmp_path):
     config = tiny(out=str(tmp_path / "run"))
     data = synthetic_data(config)
