@@ -49,8 +49,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-from hpo.objective import suggest
-from hpo.spec import load_spec
+from hpo.spec import load_spec, suggest
 from hpo.storage import backend_of, open_storage
 from hpo.worker import run_worker
 

@@ -14,14 +14,14 @@ import os
 import socket
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.locks import study_lock
+from hpo.spec import suggest
 from hpo.storage import warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _claim_locked(
         try:
             with heartbeat(study, trial):  # a slow fit must not look like a dead worker
                 for name, dist in distributions.items():
-                    _suggest(trial, name, dist)
+                    suggest(trial, name, dist)
         except Exception as exc:  # a sampler error must not leave a RUNNING trial behind
             trial.set_user_attr("fail_reason", f"sampler: {type(exc).__name__}: {exc}"[:300])
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -103,16 +103,6 @@ def _confirm_claim(study: optuna.Study, n_trials: int, trial: optuna.Trial) -> o
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     log.warning("trial %d given back: the study lock was lost while claiming it", trial.number)
     return None
-
-
-def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    raise TypeError(f"unsupported distribution {dist!r}")
 
 
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> BaseHeartbeatThread:

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hpo.spec import StudySpec
+from hpo.spec import StudySpec, suggest
 from model.config import TrainConfig
 from model.data import DataSet, load_data
 from model.train import EpochHook, TrainResult, stages, train
@@ -31,17 +30,6 @@ _DATA_FIELDS = (
     "synth_val_videos",
     "seed",
 )
-
-
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    """Ask the trial for one parameter with the public suggest_* API."""
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    raise TypeError(f"unsupported distribution {dist!r}")
 
 
 class DataCache:

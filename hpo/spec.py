@@ -237,3 +237,14 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"study {study.study_name!r} exists with a different search space (profile "
             f"{attrs.get('profile') or 'none'!r}): name a new study with --study-name {study.study_name}-2"
         )
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask the trial for one parameter with the public suggest_* API."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise TypeError(f"unsupported distribution {dist!r}")
