@@ -412,7 +412,7 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"- Ours over plain per trial: {extras}. Per trial ours also reaps stale trials (one query when none is "
         "stale), takes and releases the study lock (a PostgreSQL advisory lock, a file lock otherwise), reads "
         "the study's trials to count the budget (plain's random sampler never reads them; a model-based sampler "
-        "such as TPE reads them in `ask` on both sides), writes host, pid and worker on the trial, and records a "
+        "such as TPE reads them in `ask` on both sides), writes host and pid on the trial, and records a "
         "heartbeat when the claim starts and when the objective starts."
     )
     notes.append(

@@ -58,7 +58,7 @@ def claim_trial(
 
     A WAITING trial (a retry, an enqueued config) is taken before a new one is sampled. With `distributions`
     the sampler suggests them under the lock (GP/skopt fits are serialised; the point is published at once).
-    The trial records user attrs host, pid and worker.
+    The trial records user attrs host and pid.
     """
     with study_lock(study) as lock:
         trial = _claim_locked(study, n_trials, distributions)
@@ -79,7 +79,7 @@ def _claim_locked(
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
     host, pid = socket.gethostname(), os.getpid()
-    for key, value in (("host", host), ("pid", pid), ("worker", f"{host}:{pid}")):
+    for key, value in (("host", host), ("pid", pid)):  # each is one storage write: nothing derivable
         trial.set_user_attr(key, value)
     if distributions:
         try:
