@@ -14,6 +14,7 @@ import os
 import socket
 import warnings
 from collections.abc import Mapping
+from contextlib import ExitStack
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -52,23 +53,32 @@ def used_slots(counts: Mapping[str, int]) -> int:
 
 
 def claim_trial(
-    study: optuna.Study, n_trials: int, *, distributions: Mapping[str, BaseDistribution] | None = None
+    study: optuna.Study,
+    n_trials: int,
+    *,
+    distributions: Mapping[str, BaseDistribution] | None = None,
+    beat: ExitStack | None = None,
 ) -> optuna.Trial | None:
     """Take one slot of the budget and create its trial, or None when every slot is finished or running.
 
     A WAITING trial (a retry, an enqueued config) is taken before a new one is sampled. With `distributions`
     the sampler suggests them under the lock (GP/skopt fits are serialised; the point is published at once).
-    The trial records user attrs host and pid.
+    The trial records user attrs host and pid. With `beat`, the trial's heartbeat starts as soon as the trial
+    exists and is left running on that stack, for the caller to keep through the objective (one heartbeat
+    thread per trial instead of one for the fit and one for the objective); closing the stack stops it.
     """
     with study_lock(study) as lock:
-        trial = _claim_locked(study, n_trials, distributions)
+        trial = _claim_locked(study, n_trials, distributions, beat)
     if trial is not None and lock.lost:
         trial = _confirm_claim(study, n_trials, trial)
     return trial
 
 
 def _claim_locked(
-    study: optuna.Study, n_trials: int, distributions: Mapping[str, BaseDistribution] | None
+    study: optuna.Study,
+    n_trials: int,
+    distributions: Mapping[str, BaseDistribution] | None,
+    beat: ExitStack | None,
 ) -> optuna.Trial | None:
     trials = study.get_trials(deepcopy=False)  # one read for the count and the shared-SQLite check
     if used_slots(_counts(trials)) >= n_trials:
@@ -81,15 +91,22 @@ def _claim_locked(
     host, pid = socket.gethostname(), os.getpid()
     for key, value in (("host", host), ("pid", pid)):  # each is one storage write: nothing derivable
         trial.set_user_attr(key, value)
-    if distributions:
-        try:
-            with heartbeat(study, trial):  # a slow fit must not look like a dead worker
-                for name, dist in distributions.items():
-                    suggest(trial, name, dist)
-        except Exception as exc:  # a sampler error must not leave a RUNNING trial behind
-            trial.set_user_attr("fail_reason", f"sampler: {type(exc).__name__}: {exc}"[:300])
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
+    if not distributions and beat is None:
+        return trial
+    stack = ExitStack() if beat is None else beat
+    beating = heartbeat(study, trial)  # a slow fit must not look like a dead worker
+    beating.start()
+    stack.callback(beating.join)
+    try:
+        for name, dist in (distributions or {}).items():
+            suggest(trial, name, dist)
+    except Exception as exc:  # a sampler error must not leave a RUNNING trial behind
+        stack.close()
+        trial.set_user_attr("fail_reason", f"sampler: {type(exc).__name__}: {exc}"[:300])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    if beat is None:
+        stack.close()
     return trial
 
 

@@ -85,10 +85,11 @@ def _local_lock(name: str) -> threading.RLock:
 @contextmanager
 def _advisory_lock(engine: Engine, key: int, where: str, state: LockState) -> Iterator[None]:
     def acquire() -> Connection:
-        conn = engine.connect()
+        # Autocommit: a session-level lock outlives transactions, so none is opened (no BEGIN/COMMIT round trips,
+        # no snapshot held while the lock is).
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()  # session-level lock: it outlives the transaction, the snapshot should not
         except BaseException:
             conn.invalidate()  # never hand a half-locked connection back to the pool
             conn.close()
@@ -101,7 +102,6 @@ def _advisory_lock(engine: Engine, key: int, where: str, state: LockState) -> It
     finally:
         try:
             released = conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key}).scalar()
-            conn.commit()
             state.lost = not released
         except SQLAlchemyError as exc:  # the connection died while we held the lock: the server dropped the lock
             log.warning("the study lock's connection to %s was lost while held: %s", where, first_line(exc))

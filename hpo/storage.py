@@ -208,6 +208,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def reap_interval(study: optuna.Study) -> float:
+    """Seconds between reaps worth doing: the storage's heartbeat interval (RDB), else `heartbeat_settings`'s."""
+    backend = backend_of(study)
+    interval = backend.get_heartbeat_interval() if isinstance(backend, RDBStorage) else None
+    return float(interval) if interval else float(heartbeat_settings()[0])
+
+
 def reap_stale(study: optuna.Study) -> int:
     """Fail the RUNNING trials of dead workers and re-queue each once; returns how many were failed.
 

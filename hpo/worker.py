@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -24,10 +24,10 @@ from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import budget_counts, claim_trial, heartbeat, used_slots
+from hpo.budget import budget_counts, claim_trial, used_slots
 from hpo.errors import StorageError
 from hpo.locks import study_lock
-from hpo.storage import reap_stale
+from hpo.storage import reap_interval, reap_stale
 from model.errors import DivergedError
 
 __all__ = [
@@ -179,15 +179,28 @@ def run_worker(
     deadline = None if timeout is None else started + timeout
     failures_in_row = 0
     waiting_logged = False
+    # Between back-to-back trials, reap at most once per heartbeat interval: a trial goes stale only after the
+    # grace period (several intervals), so this delays noticing a dead worker by under one interval and saves a
+    # query per trial. While waiting for the budget, every poll reaps.
+    reap_every, last_reap = reap_interval(study), -math.inf
     with _Signals() as signals:
         while True:
             signals.check()
             if deadline is not None and time.monotonic() >= deadline:
                 result.stopped = "timeout"
                 break
-            reap_stale(study)
-            trial = claim_trial(study, n_trials, distributions=distributions)
+            if time.monotonic() - last_reap >= reap_every:
+                reap_stale(study)
+                last_reap = time.monotonic()
+            beat = ExitStack()  # the trial's heartbeat, from its claim to the end of its objective
+            try:
+                trial = claim_trial(study, n_trials, distributions=distributions, beat=beat)
+            except BaseException:
+                beat.close()
+                raise
             if trial is None:
+                beat.close()
+                last_reap = -math.inf
                 counts = budget_counts(study)
                 if counts["complete"] + counts["pruned"] >= n_trials:
                     result.stopped = "budget"
@@ -200,7 +213,7 @@ def run_worker(
                     time.sleep(pause)
                 continue
             waiting_logged = False
-            frozen = _run_trial(study, trial, objective, signals, on_trial_start, n_trials)
+            frozen = _run_trial(study, trial, objective, signals, on_trial_start, n_trials, beat)
             result.trials_run += 1
             if frozen.state == TrialState.COMPLETE:
                 result.complete += 1
@@ -225,11 +238,13 @@ def _run_trial(
     signals: _Signals,
     on_trial_start: Callable[[optuna.Trial], None] | None,
     n_trials: int,
+    beat: ExitStack,
 ) -> FrozenTrial:
+    """Run the objective with the trial's heartbeat (`beat`, started by the claim; stopped before the tell)."""
     value: Any = None
     reason = ""
     try:
-        with heartbeat(study, trial), signals.armed():
+        with beat, signals.armed():
             if on_trial_start is not None:
                 on_trial_start(trial)
             value = objective(trial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class ResidualBlock(nn.Module):
@@ -45,7 +46,13 @@ class ConvFFN(nn.Module):
         self.act = nn.LeakyReLU(0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.conv(x).chunk(2, dim=1)
+        # The two halves of `conv` as two convs over its weight halves: the same maths and parameters as
+        # `self.conv(x).chunk(2, dim=1)`, but each half is a dense tensor. Chunking one output splits the
+        # channel dim, and in channels_last its backward is a channel-interleaving cat (measured here: ~7% of
+        # a batched training step on the CPU).
+        w_a, w_b = self.conv.weight.chunk(2, dim=0)
+        b_a, b_b = (None, None) if self.conv.bias is None else self.conv.bias.chunk(2)
+        a, b = F.conv2d(x, w_a, b_a), F.conv2d(x, w_b, b_b)
         return x + self.conv_out(a * self.act(b))
 
 

@@ -104,3 +104,32 @@ def test_rollout_is_clamped_seeded_and_ignores_future_frames():
     assert p1.shape == (2, 4, 3, 8, 16)
     assert p1.min() >= 0 and p1.max() <= 1
     torch.testing.assert_close(p1, p2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_ffn_halves_equal_the_templates_chunked_conv(channels_last: bool):
+    """ConvFFN runs its 1x1 conv as two convs over the weight halves; the template chunks one conv's output.
+    Same parameters, same outputs and the same gradients."""
+    from model.blocks import ConvFFN
+
+    torch.manual_seed(0)
+    ffn = ConvFFN(16)
+    x = torch.randn(3, 16, 8, 12)
+    if channels_last:
+        ffn, x = ffn.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def template(m: ConvFFN, inp: torch.Tensor) -> torch.Tensor:
+        a, b = m.conv(inp).chunk(2, dim=1)
+        return inp + m.conv_out(a * m.act(b))
+
+    ours = ffn(x)
+    ours.square().sum().backward()
+    grads = [p.grad.clone() for p in ffn.parameters()] + [x.grad.clone()]
+    ffn.zero_grad()
+    x.grad = None
+    ref = template(ffn, x)
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, [p.grad for p in ffn.parameters()] + [x.grad], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
