@@ -107,7 +107,7 @@ def test_clamped_feedback_keeps_a_large_lr_trial_from_diverging():
 
     params = dict(lr=0.0036, tfr=0.909, tfr_sde=2, tfr_d_step=0.3996, kl_anneal_type="Monotonic")
     config = load_spec("vp-bo", "small").trial_config(
-        {**params, "kl_anneal_cycle": 1, "kl_anneal_ratio": 3.6396}, {"device": "cpu", "epochs": 1, "partial": 1.0}
+        {**params, "kl_anneal_cycle": 1, "kl_anneal_ratio": 3.6396}, {"device": "cpu", "epochs": 1}
     )
     data = synthetic_data(config)
     with pytest.raises(DivergedError, match="epoch 0"):
