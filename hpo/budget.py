@@ -10,8 +10,6 @@ so the next worker's sampler already sees the new RUNNING trial and its params (
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -23,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.locks import study_lock
 from hpo.spec import suggest
-from hpo.storage import warn_if_sqlite_shared
+from hpo.storage import WORKER_ATTR, this_worker, warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +61,9 @@ def claim_trial(
 
     A WAITING trial (a retry, an enqueued config) is taken before a new one is sampled. With `distributions`
     the sampler suggests them under the lock (GP/skopt fits are serialised; the point is published at once).
-    The trial records user attrs host and pid. With `beat`, the trial's heartbeat starts as soon as the trial
-    exists and is left running on that stack, for the caller to keep through the objective (one heartbeat
-    thread per trial instead of one for the fit and one for the objective); closing the stack stops it.
+    The trial records its host and pid (user attr `worker`). With `beat`, the trial's heartbeat starts as soon
+    as the trial exists and is left running on that stack, for the caller to keep through the objective (one
+    heartbeat thread per trial instead of one for the fit and one for the objective); closing it stops it.
     """
     with study_lock(study) as lock:
         trial = _claim_locked(study, n_trials, distributions, beat)
@@ -88,9 +86,7 @@ def _claim_locked(
         # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the heartbeat itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
-    host, pid = socket.gethostname(), os.getpid()
-    for key, value in (("host", host), ("pid", pid)):  # each is one storage write: nothing derivable
-        trial.set_user_attr(key, value)
+    trial.set_user_attr(WORKER_ATTR, this_worker())  # host and pid in one attr: one storage write
     if not distributions and beat is None:
         return trial
     stack = ExitStack() if beat is None else beat

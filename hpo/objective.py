@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import optuna
 
 from hpo.spec import StudySpec, suggest
+from hpo.storage import WORKER_ATTR, this_worker
 from model.config import TrainConfig
 from model.data import DataSet, load_data
 from model.train import EpochHook, TrainResult, stages, train
@@ -79,8 +79,8 @@ class Objective:
         total = sum(n for *_, n in stages(config))
         progress = self.epoch_hook_factory(trial, total) if self.epoch_hook_factory else None
         curves: dict[str, list[float]] = {k: [] for k in CURVES}
-        if "host" not in trial.user_attrs:  # the worker's claim records it; other callers (study.optimize) do not
-            trial.set_user_attr("host", socket.gethostname())
+        if WORKER_ATTR not in trial.user_attrs:  # the worker's claim records it; other callers (study.optimize) do not
+            trial.set_user_attr(WORKER_ATTR, this_worker())
         # The complete config makes `hpo export` exact, whatever --set/--data the worker ran with.
         trial.set_user_attr("config", json.dumps(config.to_dict(), sort_keys=True))
 

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import StudyError
+from hpo.storage import worker_of
 from model.config import TrainConfig, from_dict, to_toml
 
 
@@ -21,7 +22,7 @@ class StudyStatus:
     counts: dict[str, int]  # trial state name -> count
     best_value: float | None
     best_number: int | None
-    running: list[tuple[int, str]]  # (trial number, "host:pid") of RUNNING trials
+    running: list[tuple[int, str]]  # (trial number, "host:pid") of RUNNING trials (its `worker` attr)
 
 
 def study_names(storage: Any) -> list[str]:
@@ -44,7 +45,7 @@ def status(study: optuna.Study) -> StudyStatus:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best = (max if maximize else min)(complete, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
     running = [
-        (t.number, f"{t.user_attrs.get('host', '?')}:{t.user_attrs.get('pid', '?')}")
+        (t.number, ":".join("?" if v is None else str(v) for v in worker_of(t)))
         for t in trials
         if t.state == TrialState.RUNNING
     ]

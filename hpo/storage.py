@@ -9,7 +9,7 @@ Three kinds of URL:
 
 RDB storages run with a heartbeat so a killed worker's trial becomes FAIL and is re-queued once
 (``RetryHeartbeatStaleTrialCallback``); the journal storage has no heartbeat in Optuna 5, so each trial
-records host and pid and `reap_stale` fails the trials of processes that are gone on this host.
+records its host and pid (user attr `worker`) and `reap_stale` fails the trials of processes that are gone on this host.
 """
 
 from __future__ import annotations
@@ -197,6 +197,23 @@ def backend_of(study: optuna.Study) -> BaseStorage:
     return storage
 
 
+WORKER_ATTR = "worker"  # user attr {"host": ..., "pid": ...}: the process running a trial (one storage write)
+
+
+def this_worker() -> dict[str, Any]:
+    """The `WORKER_ATTR` value of this process."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def worker_of(trial: optuna.trial.FrozenTrial) -> tuple[str | None, int | None]:
+    """(host, pid) recorded on a trial, None where missing or malformed."""
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    if not isinstance(worker, dict):
+        return None, None
+    host, pid = worker.get("host"), worker.get("pid")
+    return (host if isinstance(host, str) else None), (pid if isinstance(pid, int) else None)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a zombie counts as alive until reaped)."""
     try:
@@ -246,8 +263,8 @@ def reap_stale(study: optuna.Study) -> int:
 def _reap_journal(study: optuna.Study) -> int:
     host, reaped = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid() or pid_alive(pid):
+        where, pid = worker_of(t)
+        if where != host or pid is None or pid == os.getpid() or pid_alive(pid):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker gone (pid {pid} on {host} exited)")
         try:
@@ -275,8 +292,8 @@ def warn_if_sqlite_shared(study: optuna.Study, running: list[optuna.trial.Frozen
         return
     me = (socket.gethostname(), os.getpid())
     for t in running:
-        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if not isinstance(pid, int) or (host, pid) == me:
+        host, pid = worker_of(t)
+        if pid is None or (host, pid) == me:
             continue
         if host != me[0] or pid_alive(pid):
             _warned_shared.add(path)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.budget import budget_counts
 from hpo.samplers import SAMPLERS
-from hpo.storage import open_storage
+from hpo.storage import open_storage, worker_of
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +102,9 @@ def _wait_running(url: str, pids: set[int], workers: list[HpoRun], timeout: floa
             time.sleep(0.1)
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("pid") in pids and "config" in t.user_attrs:
-                return t.number, int(t.user_attrs["pid"])
+            pid = worker_of(t)[1]
+            if pid in pids and "config" in t.user_attrs:
+                return t.number, pid
         time.sleep(0.05)
     raise AssertionError(f"no trial of {sorted(pids)} started training: {_logs(workers)}")
 
@@ -169,7 +170,7 @@ def test_killed_worker_trial_fails_by_heartbeat_and_a_survivor_retries_it(
     assert retry.params == killed.params and retry.state.is_finished()
     if retry.state == TrialState.FAIL:  # smoke's lr range reaches 1e-2: the same params may diverge again
         assert retry.user_attrs["fail_reason"].startswith("training diverged")
-    assert retry.user_attrs["pid"] in {w.pid for w in survivors}
+    assert worker_of(retry)[1] in {w.pid for w in survivors}
 
 
 @pytest.mark.postgres
@@ -192,7 +193,7 @@ def test_sigterm_fails_the_running_trial_requeues_it_and_exits_143(
     again = HpoRun(tmp_path, "again", pg_url, 1, "--set", "epochs=1")  # the next worker takes the retry first
     assert again.finish() == 0, again.logs()
     (retry,) = [t for t in _load(pg_url).trials if t.user_attrs.get("retry_of") == number]
-    assert retry.params == failed.params and retry.state.is_finished() and retry.user_attrs["pid"] == again.pid
+    assert retry.params == failed.params and retry.state.is_finished() and worker_of(retry)[1] == again.pid
 
 
 def test_unreachable_database_is_one_line_exit_2_without_the_password(tmp_path: Path) -> None:

@@ -160,8 +160,7 @@ def test_reap_stale_journal_fails_dead_pids_and_requeues_once(tmp_path: Path) ->
     for pid, where in ((_dead_pid(), host), (os.getppid(), host), (_dead_pid(), "other-host")):
         t = study.ask()
         t.suggest_float("x", 0, 1)
-        t.set_user_attr("host", where)
-        t.set_user_attr("pid", pid)
+        t.set_user_attr("worker", {"host": where, "pid": pid})
         trials.append(t)
     assert reap_stale(study) == 1
     dead, alive, elsewhere = (study.trials[t.number] for t in trials)
@@ -175,8 +174,7 @@ def test_reap_stale_journal_fails_dead_pids_and_requeues_once(tmp_path: Path) ->
     # A retry whose worker dies too is failed but not queued again.
     retry = study.ask()
     assert retry.suggest_float("x", 0, 1) == dead.params["x"]
-    retry.set_user_attr("pid", _dead_pid())
-    retry.set_user_attr("host", host)
+    retry.set_user_attr("worker", {"host": host, "pid": _dead_pid()})
     assert reap_stale(study) == 1
     assert study.get_trials(states=(TrialState.WAITING,)) == []
 

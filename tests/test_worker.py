@@ -24,7 +24,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.budget import _confirm_claim
-from hpo.storage import backend_of, open_storage
+from hpo.storage import backend_of, open_storage, worker_of
 from hpo.worker import WorkerInterrupted, budget_counts, claim_trial, run_worker
 from model.errors import DivergedError
 
@@ -70,7 +70,7 @@ def test_fail_does_not_consume_budget(tmp_path: Path) -> None:
     flaky = "RuntimeError: flaky"  # one line, whatever the exception's text
     assert reasons == [flaky, "training diverged at epoch 1: loss is nan", flaky, flaky]
     for t in study.trials:
-        assert t.user_attrs["pid"] == os.getpid() and t.user_attrs["host"] == socket.gethostname()
+        assert t.user_attrs["worker"] == {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def test_pruned_counts_toward_the_budget_and_bad_values_fail() -> None:
@@ -347,7 +347,7 @@ def test_three_workers_share_the_budget_exactly(kind: str, tmp_path: Path, reque
     finished = _assert_study_done(study, 9)
     ends = [line for w in workers for line in w.lines() if line.startswith("end ") and " FAIL " not in line]
     assert len(ends) == 9  # every worker stopped at the shared budget: no overshoot
-    assert len({t.user_attrs["pid"] for t in finished}) >= 2  # they did run side by side
+    assert len({worker_of(t)[1] for t in finished}) >= 2  # they did run side by side
     if kind == "sqlite":
         assert any("more than one worker process" in w.err.read_text() for w in workers)
 
@@ -390,7 +390,7 @@ def _check_kill_is_recovered(url: str, tmp: Path) -> None:
     killed = study.trials[number]
     assert killed.state == TrialState.FAIL
     (retry,) = [t for t in study.trials if t.number != number and t.params == killed.params]
-    assert retry.state in FINISHED and retry.user_attrs["pid"] == survivor.proc.pid
+    assert retry.state in FINISHED and worker_of(retry)[1] == survivor.proc.pid
     assert budget_counts(study)["fail"] == 1
 
 
