@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +15,7 @@ from hpo.progress import TrialPrinter
 from hpo.pruners import PRUNERS, make_pruner
 from hpo.samplers import SAMPLERS, make_sampler, worker_seed
 from hpo.spec import StudySpec, check_compatible, load_spec, spec_summary
-from hpo.storage import mask_url, open_storage, reap_stale, resolve_url
+from hpo.storage import mask_url, open_storage, reap_stale, resolve_url, this_worker
 from hpo.worker import WorkerResult, run_worker, study_lock
 from model.config import parse_sets
 from model.train import stages
@@ -153,8 +151,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         f"budget {opts.n_trials} trials" + (f" | reaped {reaped} stale" if reaped else "")
     )
     objective = Objective(spec, overrides, epoch_hook_factory=printer.epoch_hook, after_train=_after_train(url))
-    for k, v in {"pid": os.getpid(), "host": socket.gethostname()}.items():
-        log.debug("worker %s=%s", k, v)
+    log.debug("worker %s", this_worker())
     result = run_worker(
         study,
         objective,

@@ -290,7 +290,8 @@ def warn_if_sqlite_shared(study: optuna.Study, running: list[optuna.trial.Frozen
     path = backend.engine.url.database or ":memory:"
     if path in _warned_shared:
         return
-    me = (socket.gethostname(), os.getpid())
+    worker = this_worker()
+    me = (worker["host"], worker["pid"])
     for t in running:
         host, pid = worker_of(t)
         if pid is None or (host, pid) == me:
