@@ -410,13 +410,15 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     extras = ", ".join(f"{kind} {d['ours_ms'] - d['plain_ms']:+.1f} ms" for kind, d in r["overhead"].items())
     notes.append(
         f"- Ours over plain per trial: {extras}. Per trial ours also takes and releases the study lock (a PostgreSQL "
-        "advisory lock in autocommit, a file lock otherwise), reads the study's trials to count the budget "
-        "(plain's random sampler never reads them; a model-based sampler such as TPE reads them in `ask` on both "
-        "sides), writes one `worker` attr (host and pid), and runs one heartbeat thread from the claim to the end "
-        "of the objective (its first beat is a write); it reaps stale trials at most once per heartbeat interval "
-        "(one query when none is stale). On PostgreSQL each of the two extra writes is a commit, and commits are "
-        "what cost here (plain makes 19 per trial); dropping either would lose a feature the issue asks for "
-        "(journal reaping and `hpo status` need host and pid; the heartbeat is the crash detection)."
+        "advisory lock in autocommit, a file lock otherwise), counts the budget (on PostgreSQL one `GROUP BY state` "
+        "query in autocommit; on SQLite and the journal a read of the study's trials, which the shared-SQLite check "
+        "reuses; plain's random sampler never reads them), records the `worker` attr (host and pid) in the same "
+        "write that creates the trial (a popped WAITING trial gets it as one more write), and runs one heartbeat "
+        "thread from the claim to the end of the objective (its first beat is a write); it reaps stale trials at "
+        "most once per heartbeat interval (one query when none is stale). On PostgreSQL commits and round trips are "
+        "what cost (plain makes 19 commits per trial); the pool pings a connection only when it sat idle over 1 s "
+        "(SQLAlchemy's `pool_pre_ping` pinged at every checkout, about 25 times a trial). The heartbeat cannot go: "
+        "it is the crash detection."
     )
     notes.append(
         "- 2 workers: the claim (lock, count, sampler) is serialised across workers by design (DESIGN §6); "

@@ -9,6 +9,7 @@ so the next worker's sampler already sees the new RUNNING trial and its params (
 
 from __future__ import annotations
 
+import datetime
 import logging
 import warnings
 from collections.abc import Mapping
@@ -16,12 +17,16 @@ from contextlib import ExitStack
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, select
 
+from hpo.dbretry import call_with_retry
 from hpo.locks import study_lock
 from hpo.spec import suggest
-from hpo.storage import WORKER_ATTR, this_worker, warn_if_sqlite_shared
+from hpo.storage import WORKER_ATTR, backend_of, this_worker, warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,28 @@ _STATE_KEYS = {
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
+    backend = backend_of(study)
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
+        return _sql_counts(backend, study._study_id)
     return _counts(study.get_trials(deepcopy=False))
+
+
+def _sql_counts(backend: RDBStorage, study_id: int) -> dict[str, int]:
+    # Optuna counts trials by loading them all (`get_n_trials` is `len(get_all_trials(...))`: on PostgreSQL
+    # a query per attribute table, then the ORM rows). The budget needs only counts by state: one GROUP BY,
+    # in autocommit (no BEGIN/ROLLBACK round trips), on Optuna's own table model.
+    query = (
+        select(models.TrialModel.state, func.count())
+        .where(models.TrialModel.study_id == study_id)
+        .group_by(models.TrialModel.state)
+    )
+
+    def count() -> dict[str, int]:
+        with backend.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rows = conn.execute(query).all()
+        return dict.fromkeys(_STATE_KEYS.values(), 0) | {_STATE_KEYS[state]: n for state, n in rows}
+
+    return call_with_retry(getattr(backend, "where", "PostgreSQL"), count, "budget count")
 
 
 def _counts(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -78,15 +104,18 @@ def _claim_locked(
     distributions: Mapping[str, BaseDistribution] | None,
     beat: ExitStack | None,
 ) -> optuna.Trial | None:
-    trials = study.get_trials(deepcopy=False)  # one read for the count and the shared-SQLite check
-    if used_slots(_counts(trials)) >= n_trials:
-        return None
-    warn_if_sqlite_shared(study, [t for t in trials if t.state == TrialState.RUNNING])
-    with warnings.catch_warnings():
-        # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the heartbeat itself.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trial = study.ask()
-    trial.set_user_attr(WORKER_ATTR, this_worker())  # host and pid in one attr: one storage write
+    backend = backend_of(study)
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "sqlite":
+        trials = study.get_trials(deepcopy=False)  # one read for the count and the shared-SQLite check
+        counts = _counts(trials)
+        if used_slots(counts) >= n_trials:
+            return None
+        warn_if_sqlite_shared(study, [t for t in trials if t.state == TrialState.RUNNING])
+    else:
+        counts = budget_counts(study)
+        if used_slots(counts) >= n_trials:
+            return None
+    trial = _ask(study, waiting=counts["waiting"] > 0)
     if not distributions and beat is None:
         return trial
     stack = ExitStack() if beat is None else beat
@@ -121,3 +150,36 @@ def _confirm_claim(study: optuna.Study, n_trials: int, trial: optuna.Trial) -> o
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> BaseHeartbeatThread:
     # Optuna's own heartbeat thread (what Study.optimize runs); a no-op without an RDB heartbeat.
     return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def _ask(study: optuna.Study, *, waiting: bool) -> optuna.Trial:
+    """`study.ask()`, with the trial's worker attr (host, pid) written in the same transaction as the trial.
+
+    Optuna's `ask` has no way to pass user attrs, so the attr would be one more storage call (a commit on
+    PostgreSQL) per trial. With no WAITING trial to pop, this does what `ask` does, creating the RUNNING trial
+    from a template that carries the attr (`BaseStorage.create_new_trial(study_id, template_trial)`). A WAITING
+    trial (a retry, an enqueued config) goes through `ask`, which pops it, and gets the attr after.
+    """
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop runs the heartbeat itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        if waiting:
+            trial = study.ask()
+            trial.set_user_attr(WORKER_ATTR, this_worker())
+            return trial
+    template = FrozenTrial(
+        number=0,  # the storage numbers it
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.datetime.now(),  # what the storage stamps a new trial with
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={WORKER_ATTR: this_worker()},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+    study._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials afresh
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)

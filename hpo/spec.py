@@ -2,7 +2,7 @@
 
 A spec names the study, its sampler and pruner (with options), the fixed TrainConfig fields of every trial,
 the search space (TrainConfig field -> distribution), warm-start configs to enqueue, and profiles: named
-overrides of `fixed` and `space` (the `small` profile is what runs when no data set is given).
+overrides of `fixed`, `space`, `enqueue` and `pruner` (the `small` profile is what runs when no data set is given).
 """
 
 from __future__ import annotations
@@ -131,9 +131,16 @@ def _parse(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
         if profile not in spec.profiles:
             raise SpecError(f"{path}: unknown profile {profile!r}: use one of {sorted(spec.profiles) or 'none'}")
         prof = spec.profiles[profile]
-        extra = set(prof) - {"description", "fixed", "space", "enqueue"}
+        extra = set(prof) - {"description", "fixed", "space", "enqueue", "pruner"}
         if extra:
-            raise SpecError(f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space, enqueue")
+            raise SpecError(
+                f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space, enqueue, pruner"
+            )
+        if "pruner" in prof:  # a profile with fewer epochs may need other rungs: its options replace the spec's
+            if not isinstance(prof["pruner"], dict):
+                raise SpecError(f"{path}: [profiles.{profile}.pruner] must be a table with name and/or options")
+            spec.pruner = str(prof["pruner"].get("name", spec.pruner))
+            spec.pruner_options = dict(prof["pruner"].get("options", {}))
         fixed.update(prof.get("fixed", {}))
         space_raw.update(prof.get("space", {}))
         if "enqueue" in prof:  # a profile that narrows the space brings its own warm-start configs

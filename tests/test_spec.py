@@ -2,12 +2,14 @@
 
 import textwrap
 
+import optuna
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import main
 from hpo.errors import SpecError
+from hpo.pruners import make_pruner
 from hpo.spec import load_spec
 
 GOOD = """
@@ -42,6 +44,36 @@ def test_small_profile_narrows_cycles_below_epochs():
     assert spec.space["kl_anneal_cycle"].high < spec.fixed["epochs"]
     assert spec.base_config().f_dim < 128
     assert all(spec.space[k]._contains(spec.space[k].to_internal_repr(v)) for k, v in spec.enqueue[0].items())
+
+
+def test_small_profile_brings_its_own_pruner_options():
+    # 3-epoch trials: reduction factor 4 gives Hyperband one bracket, so every trial meets the epoch-1 rung.
+    base, small = load_spec("vp-bo"), load_spec("vp-bo", "small")
+    assert (base.pruner, base.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 3})
+    assert (small.pruner, small.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 4})
+
+    def kept_after_epoch_1(options: dict) -> list[int]:  # each trial worse than the last after epoch 1
+        pruner = make_pruner("hyperband", small.fixed["epochs"], options)
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        kept = []
+        for i in range(12):
+            trial = study.ask()
+            trial.report(-float(i), 1)
+            if not trial.should_prune():
+                kept.append(i)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return kept
+
+    assert kept_after_epoch_1(small.pruner_options) == [0]  # one bracket: only the best goes on
+    assert len(kept_after_epoch_1(base.pruner_options)) > 1  # a second bracket never prunes after epoch 1
+
+
+def test_profile_pruner_must_be_a_table(tmp_path):
+    text = GOOD + '[profiles.p]\npruner = "median"\n'
+    with pytest.raises(SpecError, match=r"\[profiles.p.pruner\] must be a table"):
+        load_spec(write(tmp_path, text), "p")
+    spec = load_spec(write(tmp_path, GOOD + '[profiles.p.pruner]\nname = "median"\n'), "p")
+    assert (spec.pruner, spec.pruner_options) == ("median", {})
 
 
 def test_trial_config_layers_fixed_params_overrides():

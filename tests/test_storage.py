@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
+from hpo.dbretry import PING_AFTER_IDLE_S
 from hpo.errors import StorageError
 from hpo.storage import DEFAULT_URL, mask_url, open_storage, reap_stale, resolve_url
 from model.errors import UsageError
@@ -135,11 +137,41 @@ def test_missing_postgres_database_says_how_to_create_it(pg_url: str) -> None:
     assert "create it (createdb hpo_no_such_db) or fix the URL" in str(info.value)
 
 
+def _terminate_backends(pg_url: str) -> None:
+    """Kill every server connection to the test database (what a server restart does to a pool)."""
+    database = pg_url.rsplit("/", 1)[1]
+    admin_url = pg_url.replace("postgresql+psycopg", "postgresql").rsplit("/", 1)[0] + "/test"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+
+
 @pytest.mark.postgres
-def test_postgres_storage_opens_with_pre_ping(pg_url: str) -> None:
+def test_postgres_pool_pings_an_idle_connection_and_replaces_a_dead_one(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    study = optuna.create_study(storage=open_storage(pg_url), study_name="pg")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    _terminate_backends(pg_url)
+    time.sleep(PING_AFTER_IDLE_S + 0.2)
+    with caplog.at_level("WARNING", logger="hpo.dbretry"):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(study.trials) == 2
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]  # the ping found it, not a statement
+    # Used again within the idle threshold, a connection is not pinged: its statement fails and the call is retried.
+    _terminate_backends(pg_url)
+    with caplog.at_level("WARNING", logger="hpo.dbretry"):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(study.trials) == 3
+    assert [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+@pytest.mark.postgres
+def test_postgres_storage_opens_and_takes_a_bare_url(pg_url: str) -> None:
     storage = open_storage(pg_url)
     assert isinstance(storage, RDBStorage)
-    assert storage.engine.pool._pre_ping
     study = optuna.create_study(storage=storage, study_name="pg")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert len(optuna.load_study(study_name="pg", storage=open_storage(pg_url)).trials) == 2

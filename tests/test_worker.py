@@ -6,6 +6,7 @@ In-process tests drive `run_worker` on tiny objectives; the multi-process ones s
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -46,6 +47,22 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 # ---------------------------------------------------------------- in-process
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_budget_counts_by_state_match_the_trials(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # On PostgreSQL the counts come from one GROUP BY, not from loading the trials: both must agree, per study.
+    url = f"sqlite:///{tmp_path / 'c.db'}" if kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+    study, other = _study(url), _study(url, name="other")
+    other.enqueue_trial({"x": 0.5})
+    for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        trial = study.ask()
+        study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
+    study.ask()  # RUNNING
+    study.enqueue_trial({"x": 0.1})  # WAITING
+    expected = {"complete": 2, "pruned": 1, "fail": 1, "running": 1, "waiting": 1}
+    assert budget_counts(study) == expected
+    assert budget_counts(other) == {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 1}
 
 
 def test_fail_does_not_consume_budget(tmp_path: Path) -> None:
@@ -441,3 +458,27 @@ def test_terminated_connections_lose_no_finished_trial(
         if state != "FAIL":  # what a worker saw finish is in the study, with its value
             assert finished[int(number)].state.name == state
             assert finished[int(number)].value == pytest.approx(float(value))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_trial_records_its_worker_also_when_it_fails_at_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # The attr is written with the new trial (a template), so also a trial that fails at once has it.
+    study = _study(_url(kind, tmp_path, request))
+    calls = {"n": 0}
+
+    def objective(trial: optuna.Trial) -> float:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("at once")
+        return trial.suggest_float("x", -1, 1)
+
+    started = datetime.datetime.now()
+    run_worker(study, objective, 2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(worker_of(t) == (socket.gethostname(), os.getpid()) for t in study.trials)
+    for t in study.trials:  # the trial is created from a template: its start time is the storage's usual one
+        assert t.datetime_start is not None and t.datetime_complete is not None
+        assert started - datetime.timedelta(seconds=1) <= t.datetime_start <= t.datetime_complete

@@ -1,0 +1,84 @@
+"""Replay pruners over the learning curves of a study run without pruning (issue 3: pruning's worth).
+
+A study run with `--pruner none` holds every trial's full curve (val PSNR per epoch). Each pruner here is
+Optuna's own, fed those curves trial by trial in their original order on an in-memory study: the epochs it
+would have spent, the best final PSNR among the trials it would have let finish, and where it would have
+stopped the best trial. The sampler's later proposals would differ with pruning on (it sees pruned trials),
+so this measures the pruners on fixed curves, not whole studies; `bench_study.py pruning` runs those.
+It also prints how well the PSNR after each epoch ranks the trials by final PSNR (Spearman's rho).
+
+    hpo run --study vp-bo --n-trials 20 --pruner none --seed 0      # in an empty folder: ./hpo.db
+    python bench/replay_pruning.py sqlite:///hpo.db [--study vp-bo]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    "hyperband rf 3 (the spec's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 3),
+    "hyperband rf 4 (one bracket)": lambda e: optuna.pruners.HyperbandPruner(1, e, 4),
+    "successive halving rf 3": lambda e: optuna.pruners.SuccessiveHalvingPruner(1, 3),
+    "median (5 startup, no warm-up)": lambda e: optuna.pruners.MedianPruner(5, 0),
+    "median (5 startup, 1 warm-up epoch)": lambda e: optuna.pruners.MedianPruner(5, 1),
+}
+
+
+def replay(curves: list[FrozenTrial], pruner: optuna.pruners.BasePruner) -> tuple[int, float, int | None]:
+    """(epochs spent, best final value among unpruned trials, epoch at which the best trial is stopped)."""
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name="replay")
+    best_number = max(curves, key=lambda t: t.value or -np.inf).number
+    spent, best, best_stopped = 0, -np.inf, None
+    for t in curves:
+        trial = study.ask()
+        for step, value in sorted(t.intermediate_values.items()):
+            trial.report(value, step)
+            spent += 1
+            if step < max(t.intermediate_values) and trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                best_stopped = step if t.number == best_number else best_stopped
+                break
+        else:
+            study.tell(trial, t.value)
+            best = max(best, float(t.value or -np.inf))
+    return spent, best, best_stopped
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("storage", help="storage URL of a study run with --pruner none")
+    ap.add_argument("--study", default="vp-bo")
+    args = ap.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    source = optuna.load_study(study_name=args.study, storage=args.storage)
+    curves = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.intermediate_values]
+    if not curves:
+        raise SystemExit(f"study {args.study!r} has no complete trial with a learning curve: run it first")
+    epochs = max(len(t.intermediate_values) for t in curves)
+    full = sum(len(t.intermediate_values) for t in curves)
+    best = max(float(t.value or -np.inf) for t in curves)
+    print(f"{args.study}: {len(curves)} complete trials of {epochs} epochs, best {best:.2f} dB without pruning\n")
+    finals = [float(t.value or 0.0) for t in curves]
+    for step in range(1, epochs):
+        early = [float(t.intermediate_values.get(step, np.nan)) for t in curves]
+        print(f"Spearman rho, PSNR after epoch {step} vs final: {spearman(early, finals):+.2f}")
+    print("\n| pruner | epochs spent | share | best final PSNR | best trial stopped at epoch |")
+    print("|---|---|---|---|---|")
+    for name, make in PRUNERS.items():
+        spent, kept, stopped = replay(curves, make(epochs))
+        print(f"| {name} | {spent} of {full} | {spent / full:.2f} | {kept:.2f} dB | {stopped or 'not stopped'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
