@@ -24,6 +24,7 @@ Everything is measured side by side in one process, on the same clips and the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import functools
@@ -49,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.clip import ClipLoss, clip_loss, clip_loss_stepwise
 from model.config import TrainConfig
 from model.data import Videos, load_data
-from model.device import autocast, time_chunk, to_input
+from model.device import autocast, flush_denormals, time_chunk, to_input
 from model.metrics import copy_last_psnr, psnr
 from model.net import CVAE
 from model.synth import make_synthetic
@@ -60,6 +61,7 @@ SECTION = "## Trainer (issue 2)"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
 BETA = 1.0  # KL weight during timing: its value does not change the work done
 # Targets of issue 2: (ours / template) speed-ups, the bf16 PSNR tolerance and the data-loading share.
+FTZ_TEMPLATE = "template + flush denormals (TF on), reference"
 TARGET_TF, TARGET_NO_TF, TARGET_BF16, TARGET_GPU = 1.3, 1.1, 2.0, 5.0
 PSNR_TOL_DB, DATA_SHARE_MAX = 0.3, 0.05
 # The bf16-vs-fp32 PSNR check trains this small config (synthetic data) so that the CPU's slow bf16 fits.
@@ -136,6 +138,7 @@ class Variant:
     teacher_forcing: bool
     config: TrainConfig
     device: torch.device
+    ftz: bool = False  # flush denormals to zero during the step, as `train` does on the CPU
     model: CVAE = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     chunk: int = field(init=False)
@@ -156,7 +159,10 @@ class Variant:
         frames = to_input(frames_u8, self.device, self.config.channels_last)  # (B, L, 3, H, W)
         poses = to_input(poses_u8, self.device, self.config.channels_last)
         terms: ClipLoss
-        with autocast(self.config, self.device):
+        with contextlib.ExitStack() as stack:
+            if self.ftz:
+                stack.enter_context(flush_denormals(self.device))
+            stack.enter_context(autocast(self.config, self.device))
             if self.template:
                 terms = clip_loss_stepwise(
                     self.model, frames, poses, BETA, self.teacher_forcing, eps, clamp_feedback=False
@@ -165,11 +171,11 @@ class Variant:
                 terms = clip_loss(
                     self.model, frames, poses, BETA, self.teacher_forcing, eps, self.chunk, self.config.feedback_clamp
                 )
-        loss = float(terms.loss.detach())  # the trainer reads the loss every step (NaN check)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+            loss = float(terms.loss.detach())  # the trainer reads the loss every step (NaN check)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
         return loss
 
 
@@ -182,9 +188,12 @@ def make_variants(device: torch.device, bf16: bool) -> list[Variant]:
     for tf in (True, False):
         tag = "TF on" if tf else "TF off"
         out.append(Variant(f"template ({tag})", True, tf, base, device))
-        out.append(Variant(f"ours {ours.amp if ours.amp != 'none' else 'fp32'} ({tag})", False, tf, ours, device))
+        out.append(Variant(f"ours {ours.amp if ours.amp != 'none' else 'fp32'} ({tag})", False, tf, ours, device, True))
         if device.type == "cpu" and bf16:
-            out.append(Variant(f"ours bf16 ({tag})", False, tf, ours.replace(amp="bf16"), device))
+            out.append(Variant(f"ours bf16 ({tag})", False, tf, ours.replace(amp="bf16"), device, True))
+    if device.type == "cpu":
+        # Reference only: the template loop with denormals flushed too, to show what that flag alone is worth.
+        out.append(Variant(FTZ_TEMPLATE, True, True, base, device, True))
     return out
 
 
@@ -491,6 +500,15 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"({tmpl['flops'] / 1e9:.0f} vs {v['flops'] / 1e9:.0f} GFLOP) at {eff_o / eff_t:.2f}x its throughput "
                 f"({eff_o:.0f} vs {eff_t:.0f} GFLOP/s); the speed-up is the product of the two. The {goal:.1f}x "
                 f"target needs {need:.0f} GFLOP/s here, {100 * need / ceil:.0f}% of the large-matmul ceiling."
+            )
+        if FTZ_TEMPLATE in by_name:
+            ftz, plain, ours = by_name[FTZ_TEMPLATE], by_name["template (TF on)"], by_name["ours fp32 (TF on)"]
+            t_ftz, t_plain = statistics.median(ftz["times"]), statistics.median(plain["times"])
+            notes.append(
+                f"- {dev.upper()} denormals: ours flushes them to zero on the CPU (`model.device.flush_denormals`, "
+                f"as `train` and `evaluate` do); the lab's loop does not. The template with the flag set too takes "
+                f"{t_ftz:.2f} s a step ({t_plain / t_ftz:.2f}x its own time without it); ours fp32 (TF on) is "
+                f"{t_ftz / statistics.median(ours['times']):.2f}x that reference."
             )
         if dev == "cpu" and not d["ceil"]["bf16_fast"] and not any("bf16" in v["name"] for v in d["variants"]):
             targets.append(

@@ -22,7 +22,7 @@ from model.checkpoint import save_checkpoint, save_json
 from model.clip import clip_loss, rollout
 from model.config import TrainConfig
 from model.data import DataSet, Videos
-from model.device import autocast, resolve_device, time_chunk, to_input
+from model.device import autocast, flush_denormals, resolve_device, time_chunk, to_input
 from model.errors import DivergedError
 from model.metrics import psnr
 from model.net import CVAE
@@ -87,7 +87,7 @@ def evaluate(
     gen = torch.Generator(device=device).manual_seed(config.seed)
     frames = to_input(videos.frames, device, config.channels_last)  # (V, L, 3, H, W)
     poses = to_input(videos.poses, device, config.channels_last)
-    with autocast(config, device):
+    with flush_denormals(device), autocast(config, device):
         preds = rollout(model, frames[:, 0], poses, gen, time_chunk(config, device))  # (V, L-1, 3, H, W)
     per_frame = psnr(preds.flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(preds.shape[:2])
     model.train(was_training)
@@ -149,7 +149,10 @@ def train(
             scheduler.load_state_dict(resume["scheduler"])
         for epoch in range(max(start_epoch, epoch0), stage_end):
             t0 = time.perf_counter()
-            stats = _train_epoch(model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk)
+            with flush_denormals(device):
+                stats = _train_epoch(
+                    model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk
+                )
             scheduler.step()
             ev = evaluate(model, data.val, config, device)
             metrics = {

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.config import TrainConfig
+from model.device import flush_denormals
 from model.errors import ConfigError
 from model.synth import synthetic_data
 from model.train import train
@@ -59,3 +60,19 @@ def test_compiled_model_gives_the_eager_result():
     a, b = run(), run(compile=True)
     assert math.isclose(a.val_psnr, b.val_psnr, abs_tol=1e-2), (a.val_psnr, b.val_psnr)
     assert set(a.model.state_dict()) == set(b.model.state_dict())  # checkpoints keep their keys
+
+
+def _denormal_survives() -> bool:
+    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() != 0.0)
+
+
+def test_flush_denormals_is_cpu_only_nests_and_restores_the_default():
+    assert _denormal_survives()  # torch's default
+    with flush_denormals(torch.device("cpu")):
+        assert not _denormal_survives()
+        with flush_denormals(torch.device("cpu")):
+            assert not _denormal_survives()
+        assert not _denormal_survives()  # the inner block must not clear the outer one's flag
+    assert _denormal_survives()
+    with flush_denormals(torch.device("cuda")):  # not the CPU: nothing changes (no CUDA needed for that)
+        assert _denormal_survives()
