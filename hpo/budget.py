@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from hpo.dbretry import call_with_retry
 from hpo.locks import study_lock
 from hpo.spec import suggest
-from hpo.storage import WORKER_ATTR, backend_of, this_worker, warn_if_sqlite_shared
+from hpo.storage import WORKER_ATTR, rdb_backend, this_worker, warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ _STATE_KEYS = {
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
-    backend = backend_of(study)
-    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
-        return _sql_counts(backend, study._study_id)
+    pg = rdb_backend(study, "postgresql")
+    if pg is not None:
+        return _sql_counts(pg, study._study_id)
     return _counts(study.get_trials(deepcopy=False))
 
 
@@ -104,17 +104,13 @@ def _claim_locked(
     distributions: Mapping[str, BaseDistribution] | None,
     beat: ExitStack | None,
 ) -> optuna.Trial | None:
-    backend = backend_of(study)
-    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "sqlite":
-        trials = study.get_trials(deepcopy=False)  # one read for the count and the shared-SQLite check
-        counts = _counts(trials)
-        if used_slots(counts) >= n_trials:
-            return None
+    sqlite = rdb_backend(study, "sqlite") is not None
+    trials = study.get_trials(deepcopy=False) if sqlite else []  # one read for the count and the shared check
+    counts = _counts(trials) if sqlite else budget_counts(study)
+    if used_slots(counts) >= n_trials:
+        return None
+    if sqlite:
         warn_if_sqlite_shared(study, [t for t in trials if t.state == TrialState.RUNNING])
-    else:
-        counts = budget_counts(study)
-        if used_slots(counts) >= n_trials:
-            return None
     trial = _ask(study, waiting=counts["waiting"] > 0)
     if not distributions and beat is None:
         return trial

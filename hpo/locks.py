@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.dbretry import call_with_retry, first_line
-from hpo.storage import backend_of
+from hpo.storage import backend_of, rdb_backend
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ def advisory_key(study_name: str) -> int:
 @contextmanager
 def study_lock(study: optuna.Study) -> Iterator[LockState]:
     """Hold the study's cross-process lock for the `with` body; yields a `LockState`."""
-    backend = backend_of(study)
     state = LockState()
-    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
-        where = getattr(backend, "where", "PostgreSQL")
-        with _advisory_lock(backend.engine, advisory_key(study.study_name), where, state):
+    pg = rdb_backend(study, "postgresql")
+    if pg is not None:
+        where = getattr(pg, "where", "PostgreSQL")
+        with _advisory_lock(pg.engine, advisory_key(study.study_name), where, state):
             yield state
         return
-    path = _lock_path(backend)
+    path = _lock_path(backend_of(study))
     if path is None:
         with _local_lock(study.study_name):
             yield state

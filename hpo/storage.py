@@ -280,13 +280,21 @@ def _reap_journal(study: optuna.Study) -> int:
     return reaped
 
 
+def rdb_backend(study: optuna.Study, dialect: str) -> RDBStorage | None:
+    """The study's RDB storage when its database is `dialect` ("postgresql", "sqlite"), else None."""
+    backend = backend_of(study)
+    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == dialect:
+        return backend
+    return None
+
+
 _warned_shared: set[str] = set()
 
 
 def warn_if_sqlite_shared(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
     """Warn once per file when RUNNING trials of other live processes show a SQLite file has several workers."""
-    backend = backend_of(study)
-    if not isinstance(backend, RDBStorage) or backend.engine.dialect.name != "sqlite":
+    backend = rdb_backend(study, "sqlite")
+    if backend is None:
         return
     path = backend.engine.url.database or ":memory:"
     if path in _warned_shared:
