@@ -130,12 +130,13 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 10}}
     else:
         where = f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
-        # Small pool: main thread, heartbeat thread, lock connection. A connection idle in the pool for over a
-        # second is pinged before use, and replaced if the server dropped it (restart, pg_terminate_backend):
-        # RetryingRDBStorage installs that check (`dbretry.ping_when_idle`) in place of pool_pre_ping's ping
-        # on every checkout.
+        # Small pool of three: the main thread, the heartbeat thread and the study lock each hold one while a
+        # trial is claimed (with two, the third was a new server connection every trial, opened and closed).
+        # A connection idle in the pool for over a second is pinged before use, and replaced if the server
+        # dropped it (restart, pg_terminate_backend): RetryingRDBStorage installs that check
+        # (`dbretry.ping_when_idle`) in place of pool_pre_ping's ping on every checkout.
         engine_kwargs = {
-            "pool_size": 2,
+            "pool_size": 3,
             "max_overflow": 4,
             "connect_args": {"connect_timeout": 5},
         }

@@ -13,12 +13,15 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
+import sqlalchemy
+from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
 from hpo.dbretry import PING_AFTER_IDLE_S
 from hpo.errors import StorageError
-from hpo.storage import DEFAULT_URL, mask_url, open_storage, reap_stale, resolve_url
+from hpo.storage import DEFAULT_URL, backend_of, mask_url, open_storage, reap_stale, resolve_url
+from hpo.worker import run_worker
 from model.errors import UsageError
 
 PROXY = Path(__file__).parent / "workers" / "tcp_proxy.py"
@@ -166,6 +169,26 @@ def test_postgres_pool_pings_an_idle_connection_and_replaces_a_dead_one(
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert len(study.trials) == 3
     assert [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+@pytest.mark.postgres
+def test_postgres_worker_reuses_its_pooled_connections(pg_url: str) -> None:
+    # A claim holds three connections at once (the study lock, the main thread's, the heartbeat's first beat):
+    # a pool of two opened (and closed) a new server connection for every trial, ~1/5 of our per-trial overhead.
+    study = optuna.create_study(storage=open_storage(pg_url), study_name="pool")
+    space = {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}
+
+    def objective(trial: optuna.Trial) -> float:
+        for step in range(3):
+            trial.report(float(step), step)
+        return 1.0
+
+    run_worker(study, objective, 1, distributions=space)  # warm-up: the pool fills
+    connects: list[object] = []
+    sqlalchemy.event.listen(backend_of(study).engine, "connect", lambda *args: connects.append(args))
+    run_worker(study, objective, 6, distributions=space)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert connects == []
 
 
 @pytest.mark.postgres
