@@ -41,16 +41,16 @@ _STATE_KEYS = {
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
-    pg = rdb_backend(study, "postgresql")
-    if pg is not None:
-        return _sql_counts(pg, study._study_id)
+    rdb = rdb_backend(study, "postgresql") or rdb_backend(study, "sqlite")
+    if rdb is not None:
+        return _sql_counts(rdb, study._study_id)
     return _counts(study.get_trials(deepcopy=False))
 
 
 def _sql_counts(backend: RDBStorage, study_id: int) -> dict[str, int]:
-    # Optuna counts trials by loading them all (`get_n_trials` is `len(get_all_trials(...))`: on PostgreSQL
-    # a query per attribute table, then the ORM rows). The budget needs only counts by state: one GROUP BY,
-    # in autocommit (no BEGIN/ROLLBACK round trips), on Optuna's own table model.
+    # Optuna counts trials by loading them all (`get_n_trials` is `len(get_all_trials(...))`: a query per
+    # attribute table, then the ORM rows, a cost that grows with the study). The budget needs only counts by
+    # state: one GROUP BY, in autocommit (no BEGIN/ROLLBACK round trips), on Optuna's own table model.
     query = (
         select(models.TrialModel.state, func.count())
         .where(models.TrialModel.study_id == study_id)
@@ -104,13 +104,11 @@ def _claim_locked(
     distributions: Mapping[str, BaseDistribution] | None,
     beat: ExitStack | None,
 ) -> optuna.Trial | None:
-    sqlite = rdb_backend(study, "sqlite") is not None
-    trials = study.get_trials(deepcopy=False) if sqlite else []  # one read for the count and the shared check
-    counts = _counts(trials) if sqlite else budget_counts(study)
+    counts = budget_counts(study)
     if used_slots(counts) >= n_trials:
         return None
-    if sqlite:
-        warn_if_sqlite_shared(study, [t for t in trials if t.state == TrialState.RUNNING])
+    if counts["running"] and rdb_backend(study, "sqlite") is not None:  # a single worker has none running here
+        warn_if_sqlite_shared(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     trial = _ask(study, waiting=counts["waiting"] > 0)
     if not distributions and beat is None:
         return trial
