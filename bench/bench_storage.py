@@ -409,16 +409,19 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         )
     extras = ", ".join(f"{kind} {d['ours_ms'] - d['plain_ms']:+.1f} ms" for kind, d in r["overhead"].items())
     notes.append(
-        f"- Ours over plain per trial: {extras}. Per trial ours also takes and releases the study lock (a PostgreSQL "
-        "advisory lock in autocommit, a file lock otherwise), counts the budget (on PostgreSQL one `GROUP BY state` "
-        "query in autocommit; on SQLite and the journal a read of the study's trials, which the shared-SQLite check "
-        "reuses; plain's random sampler never reads them), records the `worker` attr (host and pid) in the same "
-        "write that creates the trial (a popped WAITING trial gets it as one more write), and runs one heartbeat "
-        "thread from the claim to the end of the objective (its first beat is a write); it reaps stale trials at "
-        "most once per heartbeat interval (one query when none is stale). On PostgreSQL commits and round trips are "
-        "what cost (plain makes 19 commits per trial); the pool pings a connection only when it sat idle over 1 s "
-        "(SQLAlchemy's `pool_pre_ping` pinged at every checkout, about 25 times a trial). The heartbeat cannot go: "
-        "it is the crash detection."
+        f"- Ours over plain per trial: {extras}."
+        " Per trial ours also takes and releases the study lock (a PostgreSQL advisory lock in autocommit, a "
+        "file lock otherwise), counts the budget (on PostgreSQL and SQLite one `GROUP BY state` query in "
+        "autocommit, where Optuna would load every trial; on the journal a read of the study's trials; "
+        "plain's random sampler reads none), records the `worker` attr (host and pid) in the same write that "
+        "creates the trial (a popped WAITING trial gets it as one more write), and runs one heartbeat thread "
+        "from the claim to the end of the objective (its first beat is a write); it reaps stale trials at "
+        "most once per heartbeat interval (one query when none is stale). On PostgreSQL commits and round "
+        "trips are what cost (plain makes 19 commits per trial); the pool holds three connections, as many as"
+        " a claim uses at once (lock, main thread, heartbeat; with two, every trial opened a new server "
+        "connection: 1.22x before, 2026-12-03), and pings one only when it sat idle over 1 s (SQLAlchemy's "
+        "`pool_pre_ping` pinged at every checkout, about 25 times a trial). The heartbeat cannot go: it is "
+        "the crash detection."
     )
     notes.append(
         "- 2 workers: the claim (lock, count, sampler) is serialised across workers by design (DESIGN §6); "
