@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trainer import Variant, timed  # noqa: E402
+from bench_trainer import Variant, roomy_primitive_cache, timed  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
 from model.data import load_data  # noqa: E402
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds per row (default 4)")
     args = parser.parse_args(argv)
+    roomy_primitive_cache()
     dev = torch.device("cpu")
     clips = load_data(TrainConfig(device="cpu", val_vi_len=64)).train
     nchw = TrainConfig(device="cpu", amp="none", channels_last=False)
