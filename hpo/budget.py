@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from hpo.dbretry import call_with_retry
 from hpo.locks import study_lock
 from hpo.spec import suggest
-from hpo.storage import WORKER_ATTR, rdb_backend, this_worker, warn_if_sqlite_shared
+from hpo.storage import WORKER_ATTR, backend_of, this_worker, warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ _STATE_KEYS = {
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
-    rdb = rdb_backend(study, "postgresql") or rdb_backend(study, "sqlite")
-    if rdb is not None:
-        return _sql_counts(rdb, study._study_id)
+    backend = backend_of(study)
+    if isinstance(backend, RDBStorage):
+        return _sql_counts(backend, study._study_id)
     return _counts(study.get_trials(deepcopy=False))
 
 
@@ -107,8 +107,8 @@ def _claim_locked(
     counts = budget_counts(study)
     if used_slots(counts) >= n_trials:
         return None
-    if counts["running"] and rdb_backend(study, "sqlite") is not None:  # a single worker has none running here
-        warn_if_sqlite_shared(study, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if counts["running"]:  # a single worker has none running here: no read
+        warn_if_sqlite_shared(study)
     trial = _ask(study, waiting=counts["waiting"] > 0)
     if not distributions and beat is None:
         return trial

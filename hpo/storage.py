@@ -292,8 +292,11 @@ def rdb_backend(study: optuna.Study, dialect: str) -> RDBStorage | None:
 _warned_shared: set[str] = set()
 
 
-def warn_if_sqlite_shared(study: optuna.Study, running: list[optuna.trial.FrozenTrial]) -> None:
-    """Warn once per file when RUNNING trials of other live processes show a SQLite file has several workers."""
+def warn_if_sqlite_shared(study: optuna.Study) -> None:
+    """Warn once per file when RUNNING trials of other live processes show a SQLite file has several workers.
+
+    Call it only when the study has RUNNING trials (a budget count says so): it reads them.
+    """
     backend = rdb_backend(study, "sqlite")
     if backend is None:
         return
@@ -302,7 +305,7 @@ def warn_if_sqlite_shared(study: optuna.Study, running: list[optuna.trial.Frozen
         return
     worker = this_worker()
     me = (worker["host"], worker["pid"])
-    for t in running:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = worker_of(t)
         if pid is None or (host, pid) == me:
             continue
