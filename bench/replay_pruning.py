@@ -23,7 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "hyperband rf 3 (the spec's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 3),
     "hyperband rf 4": lambda e: optuna.pruners.HyperbandPruner(1, e, 4),
-    "hyperband rf 8 (the small profile's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 8),
+    "hyperband rf 5": lambda e: optuna.pruners.HyperbandPruner(1, e, 5),
+    "hyperband rf 6 (the small profile's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 6),
+    "hyperband rf 8": lambda e: optuna.pruners.HyperbandPruner(1, e, 8),
     "successive halving rf 3": lambda e: optuna.pruners.SuccessiveHalvingPruner(1, 3),
     "median (5 startup, no warm-up)": lambda e: optuna.pruners.MedianPruner(5, 0),
     "median (5 startup, 1 warm-up epoch)": lambda e: optuna.pruners.MedianPruner(5, 1),

@@ -47,10 +47,10 @@ def test_small_profile_narrows_cycles_below_epochs():
 
 
 def test_small_profile_brings_its_own_pruner_options():
-    # 4-epoch trials: reduction factor 8 gives Hyperband one bracket, so every trial meets the epoch-1 rung.
+    # 4-epoch trials: reduction factor 6 gives Hyperband one bracket, so every trial meets the epoch-1 rung.
     base, small = load_spec("vp-bo"), load_spec("vp-bo", "small")
     assert (base.pruner, base.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 3})
-    assert (small.pruner, small.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 8})
+    assert (small.pruner, small.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 6})
 
     def kept_after_epoch_1(options: dict) -> list[int]:  # each trial worse than the last after epoch 1
         pruner = make_pruner("hyperband", small.fixed["epochs"], options)
