@@ -62,6 +62,18 @@ def test_batched_equals_stepwise_loss_and_grads(clamp: bool):
             torch.testing.assert_close(a.pose_enc[2].running_mean, b.pose_enc[2].running_mean)
 
 
+def test_batched_without_teacher_forcing_under_bf16_autocast():
+    # The first frame is fp32 and the fed-back predictions bf16: the batched form stacks them into one call.
+    frames, poses, eps = _data(3)
+    m = CVAE(16, 8, 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        la = clip_loss(m, frames, poses, 0.5, False, eps, 0)
+        lb = clip_loss_stepwise(m, frames, poses, 0.5, False, eps)
+    torch.testing.assert_close(la.loss, lb.loss, rtol=1e-2, atol=1e-2)  # bf16 keeps ~3 significant digits
+    la.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+
+
 def _frame_encoder_inputs(m: CVAE) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     m.frame_enc.register_forward_hook(lambda _mod, args, _out: seen.append(args[0].detach()))
