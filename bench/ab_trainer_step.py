@@ -23,6 +23,7 @@ from bench_trainer import Variant, roomy_primitive_cache, timed  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
 from model.data import load_data  # noqa: E402
+from model.device import keep_freed_memory  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds per row (default 4)")
     args = parser.parse_args(argv)
     roomy_primitive_cache()
+    keep_freed_memory()  # as `train` does on the CPU
     dev = torch.device("cpu")
     clips = load_data(TrainConfig(device="cpu", val_vi_len=64)).train
     nchw = TrainConfig(device="cpu", amp="none", channels_last=False)

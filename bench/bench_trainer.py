@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.clip import ClipLoss, clip_loss, clip_loss_stepwise
 from model.config import TrainConfig
 from model.data import Videos, load_data
-from model.device import autocast, flush_denormals, time_chunk, to_input
+from model.device import autocast, flush_denormals, keep_freed_memory, time_chunk, to_input
 from model.metrics import copy_last_psnr, psnr
 from model.net import CVAE
 from model.synth import make_synthetic
@@ -156,6 +156,7 @@ class Variant:
     flops: int = 0
     saved_mib: float = 0.0  # tensors autograd keeps for backward during one step
     times: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)  # minor page faults of the process during each timed step
 
     def __post_init__(self) -> None:
         seed_everything(self.config.seed)  # every variant starts from the same weights
@@ -231,7 +232,9 @@ def run_steps(variants: list[Variant], clips: Videos, reps: int, device: torch.d
     for r in range(reps):
         f, p, e = inputs(r + 1)
         for v in variants:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             v.times.append(timed(functools.partial(v.step, f, p, e), device)[0])
+            v.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         print(f"  round {r + 1}/{reps}: " + ", ".join(f"{v.times[-1]:.2f}" for v in variants), flush=True)
 
 
@@ -410,11 +413,17 @@ def report(r: dict[str, Any]) -> str:
             f"**{c['fp32']:.0f} GFLOP/s fp32**, **{c['bf16']:.1f} GFLOP/s bf16**"
             + ("" if c["bf16_fast"] else " (no native bf16 on this CPU: bf16 runs a slow reference path)"),
             "",
-            f"{d['reps']} timed rounds per row after one FLOP-counted warm-up step.",
+            f"{d['reps']} timed rounds per row after one FLOP-counted warm-up step. "
+            + (
+                "glibc's malloc keeps freed memory for reuse (`model.device.keep_freed_memory`, as `train` sets it "
+                "on the CPU; process-wide, so for every row)."
+                if d["malloc_kept"]
+                else "glibc's default malloc (`--glibc-malloc`, or not glibc): freed memory may go back to the kernel."
+            ),
             "",
             "| variant | s/step (median) | min | max | GFLOP/step | GFLOP/s | % of ceiling | saved for backward "
-            "| speed-up vs template |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| page faults/step | speed-up vs template |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for v in d["variants"]:
             med = statistics.median(v["times"])
@@ -423,7 +432,8 @@ def report(r: dict[str, Any]) -> str:
             sp = "" if v["template"] else f"{v['speedup'][0]:.2f}x (paired {v['speedup'][1]:.2f}x)"
             lines.append(
                 f"| {v['name']} | {med:.2f} | {min(v['times']):.2f} | {max(v['times']):.2f} | "
-                f"{v['flops'] / 1e9:.0f} | {gfs:.0f} | {100 * gfs / ceil:.0f}% | {v['saved_mib']:.0f} MiB | {sp} |"
+                f"{v['flops'] / 1e9:.0f} | {gfs:.0f} | {100 * gfs / ceil:.0f}% | {v['saved_mib']:.0f} MiB | "
+                f"{statistics.median(v['faults']):.0f} | {sp} |"
             )
         if "skipped_bf16" in d:
             lines += ["", d["skipped_bf16"]]
@@ -548,7 +558,7 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def bench_device(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[{device.type}] ceilings", flush=True)
-    out: dict[str, Any] = {"ceil": ceilings(device)}
+    out: dict[str, Any] = {"ceil": ceilings(device), "malloc_kept": args.malloc_kept}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bf16 = device.type == "cpu" and (out["ceil"]["bf16_fast"] or args.force_bf16)
@@ -571,6 +581,7 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> dict[str, An
             "teacher_forcing": v.teacher_forcing,
             "saved_mib": v.saved_mib,
             "times": v.times,
+            "faults": v.faults,
             "flops": v.flops,
         }
         if not v.template:
@@ -612,6 +623,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--force-bf16", action="store_true", help="time CPU bf16 rows even without native bf16")
     p.add_argument(
+        "--glibc-malloc",
+        action="store_true",
+        help="leave glibc's malloc at its defaults for the step timings (train() sets keep_freed_memory on the CPU)",
+    )
+    p.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -630,6 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     roomy_primitive_cache()
+    args.malloc_kept = False if args.glibc_malloc else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()

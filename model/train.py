@@ -22,7 +22,7 @@ from model.checkpoint import save_checkpoint, save_json
 from model.clip import clip_loss, rollout
 from model.config import TrainConfig
 from model.data import DataSet, Videos
-from model.device import autocast, flush_denormals, resolve_device, time_chunk, to_input
+from model.device import autocast, flush_denormals, keep_freed_memory, resolve_device, time_chunk, to_input
 from model.errors import DivergedError
 from model.metrics import psnr
 from model.net import CVAE
@@ -112,6 +112,8 @@ def train(
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(config.seed)
     model = CVAE.from_config(config).to(device)
     if config.channels_last:
