@@ -1,4 +1,4 @@
-"""Device, autocast and memory-format choices from a TrainConfig, in one place."""
+"""Device, autocast and memory-format choices from a TrainConfig, and the CPU's runtime settings, in one place."""
 
 from __future__ import annotations
 
