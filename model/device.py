@@ -70,6 +70,11 @@ _MMAP_THRESHOLD_MAX = 32 * 2**20
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 
 
+def on_glibc() -> bool:
+    """Linux with glibc's malloc, the allocator `keep_freed_memory` tunes."""
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory a training step frees for the next step; True if it was set.
@@ -83,7 +88,7 @@ def keep_freed_memory() -> bool:
     heap is never trimmed. Process-wide and for good: the process keeps its peak heap, as a caching allocator
     would. A no-op off glibc (macOS, musl).
     """
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the running process's own libc
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))

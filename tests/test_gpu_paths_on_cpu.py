@@ -2,7 +2,6 @@
 settings (denormals flushed, freed memory kept) do what they say."""
 
 import math
-import platform
 import resource
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from model.config import TrainConfig
-from model.device import flush_denormals
+from model.device import flush_denormals, on_glibc
 from model.errors import ConfigError
 from model.synth import synthetic_data
 from model.train import train
@@ -95,7 +94,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.skipif(not on_glibc(), reason="glibc's malloc only")
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_steps():
     out = subprocess.run([sys.executable, "-c", _ALLOC_CYCLES], capture_output=True, text=True, check=True)
     pages = 24 * 16 * 2**20 // resource.getpagesize()
