@@ -241,6 +241,8 @@ def reap_stale(study: optuna.Study) -> int:
     starts its next trial. Journal (no heartbeats in Optuna 5): RUNNING trials recorded on this host whose
     pid is gone become FAIL with fail_reason "worker gone" and are re-queued once with the same params.
     """
+    from hpo.locks import study_lock  # locks imports this module
+
     backend = backend_of(study)
     if isinstance(backend, RDBStorage):
         if backend.get_heartbeat_interval() is None:
@@ -248,15 +250,17 @@ def reap_stale(study: optuna.Study) -> int:
         # One query in the usual case (nothing stale), instead of three: this runs before every claim.
         if not backend._get_stale_trial_ids(study._study_id):
             return 0
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        # Under the study lock: `fail_stale_trials` marks the trial FAIL and only then queues its retry (the
+        # RetryFailedTrialCallback), so a claim in between would see a free slot and no WAITING trial, sample a
+        # new one, and the retry would be left WAITING once that trial filled the budget (seen in CI).
+        with study_lock(study):
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         return sum(1 for t in failed if t.number in before and "fail_reason" not in t.user_attrs)
     if isinstance(backend, JournalStorage):
-        from hpo.locks import study_lock  # locks imports this module
-
         with study_lock(study):
             return _reap_journal(study)
     return 0

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from hpo.dbretry import PING_AFTER_IDLE_S
 from hpo.errors import StorageError
+from hpo.locks import study_lock
 from hpo.storage import DEFAULT_URL, backend_of, mask_url, open_storage, reap_stale, resolve_url
 from hpo.worker import run_worker
 from model.errors import UsageError
@@ -232,6 +233,40 @@ def test_reap_stale_journal_fails_dead_pids_and_requeues_once(tmp_path: Path) ->
     retry.set_user_attr("worker", {"host": host, "pid": _dead_pid()})
     assert reap_stale(study) == 1
     assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_reap_stale_rdb_fails_and_requeues_under_the_study_lock(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna fails a stale trial and only then queues its retry. A claim between the two saw a free slot and no
+    # WAITING trial, sampled a new one, and the retry was left WAITING past the budget (a CI failure). So the
+    # reap holds the lock that claims take: while another holder has it, the trial stays RUNNING, unqueued.
+    monkeypatch.setenv("HPO_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("HPO_HEARTBEAT_GRACE", "2")
+    url = f"sqlite:///{tmp_path / 'r.db'}" if kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+    storage = open_storage(url)
+    assert isinstance(storage, RDBStorage)
+    study = optuna.create_study(storage=storage, study_name="r")
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # past the grace period (SQLite keeps whole seconds): stale
+    reaped: list[int] = []
+    with study_lock(study):
+        reaper = threading.Thread(target=lambda: reaped.append(reap_stale(study)))
+        reaper.start()
+        reaper.join(1.5)
+        assert reaper.is_alive() and reaped == []  # blocked on the lock
+        assert study.trials[trial.number].state == TrialState.RUNNING
+        assert study.get_trials(states=(TrialState.WAITING,)) == []
+    reaper.join(30)
+    assert reaped == [1]
+    assert study.trials[trial.number].state == TrialState.FAIL
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.system_attrs["retry_history"] == [trial.number]
+    assert waiting.params == study.trials[trial.number].params
 
 
 def _start_proxy(port: int) -> subprocess.Popen[str]:
