@@ -28,7 +28,7 @@ _DATA_FIELDS = (
     "val_vi_len",
     "synth_train_frames",
     "synth_val_videos",
-    "seed",
+    "synth_seed",
 )
 
 

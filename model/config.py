@@ -66,6 +66,7 @@ class TrainConfig:
     cache_dir: str = ""  # where the decoded uint8 cache lives; "" = next to the data
     synth_train_frames: int = 640  # training frames of the built-in synthetic set
     synth_val_videos: int = 1  # validation videos of the built-in synthetic set
+    synth_seed: int = 1  # seed of the built-in synthetic set's dance (not `seed`: reruns keep the data)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "none"  # autocast dtype: none | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True  # use the channels_last memory format for conv maps

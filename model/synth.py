@@ -269,11 +269,12 @@ def synthetic_data(config: TrainConfig) -> DataSet:
 
     config.synth_train_frames training frames cut into clips of config.train_vi_len, config.synth_val_videos
     validation videos of config.val_vi_len frames, and a test split of one video (its first frame and
-    config.val_vi_len poses), all from the dance seeded by config.seed.
+    config.val_vi_len poses), all from the dance seeded by config.synth_seed. Not config.seed: rerunning a config
+    with other training seeds (`hpo top --seeds`, `hpo retrain --seeds`) must score it on the same data.
     """
     from model.data import DataSet, Videos  # imported here: model.data imports this module lazily too
 
-    h, w, seed = config.frame_h, config.frame_w, config.seed
+    h, w, seed = config.frame_h, config.frame_w, config.synth_seed
     motion = Motion.from_seed(seed)
     times = split_times(config.synth_train_frames, config.synth_val_videos, config.val_vi_len, 1, config.val_vi_len)
     n_clips = config.synth_train_frames // config.train_vi_len
