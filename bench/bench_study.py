@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -36,7 +35,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Studies (issue 3)"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
 SAMPLERS = ("tpe", "gp", "skopt", "random")
-RETRAIN_SEEDS = (2, 3, 4)  # training seeds a study's best config is retrained with (its own is 1)
+RETRAIN_SEEDS = 4  # a study's best config is retrained with its seed and the next three (`hpo top --seeds 4`)
 
 
 @dataclass
@@ -53,7 +52,7 @@ class StudyRun:
     epochs: int  # epochs trained over all trials (reported intermediate values)
     states: dict[str, int]
     fail_reasons: dict[str, int]  # fail_reason user attr -> count, over the FAIL trials
-    best_config: str  # the best trial's complete TrainConfig (its "config" user attr, JSON)
+    storage: str  # the study's storage URL, for reruns right after it ends
 
 
 def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int | None, tmp: Path) -> StudyRun:
@@ -92,7 +91,7 @@ def run_study(n_trials: int, sampler: str | None, pruner: str | None, seed: int 
         epochs=sum(len(t.intermediate_values) for t in trials),
         states=states,
         fail_reasons=reasons,
-        best_config=str(study.best_trial.user_attrs["config"]),
+        storage=f"sqlite:///{tmp / 'hpo.db'}",
     )
 
 
@@ -155,9 +154,7 @@ def part_main(parent: Path) -> list[str]:
 
 
 def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
-    from seed_spread import seed_psnrs, summary  # bench/ is on sys.path when this script runs
-
-    from model.config import from_dict
+    from hpo.top import reevaluate
 
     rows = [
         "| pruner | seed | epochs trained | best val PSNR | its config over training seeds 1-4 | wall time | states |",
@@ -169,9 +166,10 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
         for pruner in ("hyperband", "none"):  # interleaved, so machine noise hits both
             r = run_study(trials, "tpe", pruner, seed, _fresh(parent))
             runs[pruner].append(r)
-            # One training run flatters the best trial (the winner's curse): retrain its config with the
-            # training seeds 2-4 on the same data, and compare the two studies' picks by the mean.
-            values = [r.best, *seed_psnrs(from_dict(json.loads(r.best_config)), RETRAIN_SEEDS)]
+            # One training run flatters the best trial (the winner's curse): retrain its config with seeds 1-4
+            # on the same data (what `hpo top -k 1 --seeds 4` does), and compare the two studies' picks by the mean.
+            study = optuna.load_study(study_name="vp-bo", storage=r.storage)
+            values = reevaluate(study, k=1, seeds=RETRAIN_SEEDS)[0].values
             worth[pruner].append(statistics.mean(v for v in values if math.isfinite(v)))
             rows.append(
                 f"| {pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {summary(values)} | {r.seconds:.0f} s | "
@@ -217,6 +215,16 @@ def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[st
         *rows,
         "",
     ]
+
+
+def summary(values: list[float]) -> str:
+    """'mean ± sd (min-max)' over the finite values, with how many diverged (NaN)."""
+    ok = [v for v in values if math.isfinite(v)]
+    if not ok:
+        return "all diverged"
+    sd = statistics.stdev(ok) if len(ok) > 1 else 0.0
+    text = f"{statistics.mean(ok):.2f} ± {sd:.2f} ({min(ok):.2f}-{max(ok):.2f})"
+    return text + (f", {len(values) - len(ok)} diverged" if len(ok) < len(values) else "")
 
 
 def _states(states: dict[str, int]) -> str:

@@ -22,7 +22,7 @@ from hpo.errors import StudyError
 from hpo.objective import DataCache
 from hpo.results import trial_config
 from model.config import TrainConfig
-from model.errors import UsageError
+from model.errors import DivergedError, UsageError
 from model.train import EpochHook, train
 
 __all__ = ["TopRow", "format_table", "reevaluate", "top_trials"]
@@ -46,6 +46,8 @@ class TopRow:
 
     @property
     def std(self) -> float:
+        if any(math.isnan(v) for v in self.values):
+            return math.nan  # a diverged seed (statistics.stdev cannot take NaN)
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
@@ -102,7 +104,11 @@ def reevaluate(
         for i in range(seeds):
             config = base.replace(seed=base.seed + i)
             hook = hook_factory(t.number, config) if hook_factory is not None else None
-            value = float(train(config, cache.get(config), on_epoch=hook).val_psnr)
+            try:
+                value = float(train(config, cache.get(config), on_epoch=hook).val_psnr)
+            except DivergedError as exc:  # one seed's blow-up is a result about the config, not an error
+                log.warning("trial %d seed %d: %s", t.number, config.seed, exc)
+                value = math.nan
             row.values.append(value)
             row.seeds.append(config.seed)
             log.info("trial %d seed %d: val PSNR %.4f", t.number, config.seed, value)

@@ -1,13 +1,14 @@
 """`hpo top`: the best complete trials of a study re-evaluated with several seeds and ranked by their mean."""
 
 import json
+import math
 
 import optuna
 import pytest
 import torch
 
 from hpo.cli import main
-from hpo.top import reevaluate, top_trials
+from hpo.top import format_table, reevaluate, top_trials
 from model.config import TrainConfig
 from model.synth import synthetic_data
 from model.train import train
@@ -77,6 +78,29 @@ def test_reevaluate_ranks_by_mean_over_seeds(study_url):
         assert row.values[0] == row.original  # seed+0 repeats the trial exactly
         assert row.values[1] != row.values[0]
         assert row.std == pytest.approx(abs(row.values[0] - row.values[1]) / 2**0.5)
+
+
+def test_a_diverged_seed_is_nan_and_ranks_last(study_url, monkeypatch):
+    import hpo.top
+    from model.errors import DivergedError
+
+    calls = []
+
+    def second_run_diverges(config, data, on_epoch=None):  # the best trial's second seed (best is rerun first)
+        calls.append(config.seed)
+        if len(calls) == 2:
+            raise DivergedError(0, float("nan"))
+        return train(config, data, on_epoch=on_epoch)
+
+    monkeypatch.setattr(hpo.top, "train", second_run_diverges)
+    study = optuna.load_study(study_name="tiny", storage=study_url)
+    best, second = top_trials(study, 2)
+    rows = reevaluate(study, k=2, seeds=2)
+    assert [r.trial for r in rows] == [second.number, best.number]  # the NaN mean ranks last
+    assert rows[1].values[0] == rows[1].original and math.isnan(rows[1].values[1])
+    assert not any(math.isnan(v) for v in rows[0].values)
+    assert math.isnan(rows[1].mean) and math.isnan(rows[1].std)
+    assert format_table(rows).splitlines()[2].split()[2:4] == ["nan", "nan"]
 
 
 def test_cli_prints_the_table(study_url, capsys):
