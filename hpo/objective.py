@@ -93,7 +93,9 @@ class Objective:
                 progress(epoch, metrics)
             # step = epochs trained so far (1-based): the pruners' resource (Hyperband min/max_resource)
             trial.report(float(metrics["val_psnr"]), epoch + 1)
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: a rung that falls there (Hyperband's rf 3 has
+            # one at epoch 9, so `--set epochs=9` puts it at the end) would throw away a finished training.
+            if epoch + 1 < total and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with val PSNR {metrics['val_psnr']:.2f} dB")
 
         result = train(config, data, on_epoch=on_epoch)
