@@ -24,7 +24,9 @@ class _PruneFrom(optuna.pruners.BasePruner):
         return (trial.last_step or 0) >= self.step
 
 
-@pytest.mark.parametrize(("prune_from", "state", "steps"), [(1, TrialState.PRUNED, [1]), (2, TrialState.COMPLETE, [1, 2])])
+@pytest.mark.parametrize(
+    ("prune_from", "state", "steps"), [(1, TrialState.PRUNED, [1]), (2, TrialState.COMPLETE, [1, 2])]
+)
 def test_a_rung_at_the_last_epoch_does_not_prune_a_finished_training(
     prune_from: int, state: TrialState, steps: list[int]
 ) -> None:
