@@ -7,6 +7,7 @@ The resource is the epoch: the objective reports val PSNR once per epoch at step
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +20,11 @@ __all__ = ["PRUNERS", "make_pruner"]
 
 log = logging.getLogger(__name__)
 
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("hyperband", "rungs", "median", "none")
 
 _OPTIONS: dict[str, dict[str, type]] = {
     "hyperband": {"min_resource": int, "reduction_factor": int, "bootstrap_count": int},
+    "rungs": {"at_epochs": list, "reduction_factors": list},
     "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "n_min_trials": int},
     "none": {},
 }
@@ -45,6 +47,8 @@ def make_pruner(name: str, max_resource: int, options: Mapping[str, Any] | None 
     opts = check_options("pruner", name, options, _OPTIONS[name])
     if name == "hyperband":
         return _hyperband(max_resource, opts)
+    if name == "rungs":
+        return _rungs(max_resource, opts)
     if name == "median":
         kwargs = {"n_startup_trials": 5, "n_warmup_steps": max_resource // 5} | opts
         if kwargs.get("interval_steps", 1) < 1 or kwargs.get("n_min_trials", 1) < 1:
@@ -71,3 +75,56 @@ def _hyperband(max_resource: int, opts: dict[str, Any]) -> optuna.pruners.BasePr
     return optuna.pruners.HyperbandPruner(
         min_resource=min_resource, max_resource=max_resource, reduction_factor=reduction_factor, **opts
     )
+
+
+def _rungs(max_resource: int, opts: dict[str, Any]) -> optuna.pruners.BasePruner:
+    at = opts.get("at_epochs", [1])
+    factors = opts.get("reduction_factors", [3] * len(at))
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in [*at, *factors])
+    if not ok or len(at) != len(factors) or not at:
+        raise SpecError(
+            "pruner options at_epochs and reduction_factors must be lists of integers of the same length: "
+            "fix [pruner.options]"
+        )
+    if any(b <= a for a, b in zip(at, at[1:], strict=False)) or at[0] < 1 or min(factors) < 2:
+        raise SpecError(
+            f"rungs need rising epochs >= 1 and reduction factors >= 2, got at_epochs {at} and reduction_factors "
+            f"{factors}: fix [pruner.options]"
+        )
+    kept = {e: f for e, f in zip(at, factors, strict=True) if e < max_resource}
+    if len(kept) < len(at):
+        log.warning("rungs at or after the last epoch (%d) never prune: dropped", max_resource)
+    return RungPruner(kept)
+
+
+class RungPruner(optuna.pruners.BasePruner):
+    """Successive halving with rungs at given epochs, each with its own reduction factor.
+
+    At a rung at epoch e with factor r, a trial goes on only when its value after epoch e is among the best
+    1/r of the values every trial of the study reported after epoch e (its own included); while fewer than r
+    have, only the best so far goes on. That is Optuna's SuccessiveHalvingPruner rule, which puts its rungs at
+    min_resource * r**k with one r for all of them; this pruner exists because a schedule can need rungs that
+    are not so spaced. In the small profile epoch 1 trains with beta = 0 whatever the KL schedule, so a rung
+    there ranks trials by lr and tfr alone; a second rung after epoch 2, where beta has moved, sees the schedule
+    (bench/RESULTS.md, pruning). The rungs read the reported values (intermediate_values) only.
+    """
+
+    def __init__(self, rungs: dict[int, int]) -> None:
+        self.rungs = dict(sorted(rungs.items()))
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step not in self.rungs:
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return True
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        others = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and step in t.intermediate_values
+        ]
+        competing = sorted((sign * v for v in [value, *others] if not math.isnan(v)), reverse=True)
+        cut = max(len(competing) // self.rungs[step] - 1, 0)
+        return sign * value < competing[cut]

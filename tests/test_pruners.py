@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import SpecError
-from hpo.pruners import PRUNERS, make_pruner
+from hpo.pruners import PRUNERS, RungPruner, make_pruner
 
 EPOCHS = 9
 
@@ -58,6 +58,45 @@ def test_median_waits_for_its_startup_trials() -> None:
     assert _run(study, 5.0) == 0
 
 
+def test_rungs_keep_the_best_share_at_each_of_their_epochs() -> None:
+    study = _study("rungs", {"at_epochs": [1, 2], "reduction_factors": [2, 3]})
+    assert isinstance(study.pruner, RungPruner) and study.pruner.rungs == {1: 2, 2: 3}
+    # While fewer than 2 (epoch 1) or 3 (epoch 2) trials have reached a rung, only the best so far goes on; then
+    # the best half (epoch 1) and the best third (epoch 2). Base 15 is second of 4 after epoch 1 and goes on,
+    # but is second of 2 after epoch 2; base 29 is second of 6 there, and the best third of 6 is 2 trials.
+    bases = [20.0, 10.0, 12.0, 15.0, 30.0, 25.0, 28.0, 29.0]
+    assert [_run(study, base) for base in bases] == [None, 1, 1, 2, None, 2, 2, None]
+
+
+def _curve(study: optuna.Study, values: list[float]) -> int | None:
+    """One trial reporting `values` after epochs 1, 2, ... (asking only before the last, as the objective does)."""
+    trial = study.ask()
+    for step, value in enumerate(values, start=1):
+        trial.report(value, step)
+        if step < len(values) and trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+    study.tell(trial, values[-1])
+    return None
+
+
+def test_rungs_see_a_drop_that_the_first_epoch_hides() -> None:
+    # What the second rung is for: a KL weight that grows from epoch 2 on drops a trial's PSNR there.
+    options = {"at_epochs": [1, 2], "reduction_factors": [2, 2]}
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("rungs", 4, options))
+    assert _curve(study, [20.0, 22.0, 24.0, 26.0]) is None
+    assert _curve(study, [21.0, 15.0, 18.0, 20.0]) == 2  # the better trial after epoch 1
+    plain = optuna.create_study(direction="maximize", pruner=make_pruner("hyperband", 4, {"reduction_factor": 6}))
+    assert _curve(plain, [20.0, 22.0, 24.0, 26.0]) is None
+    assert _curve(plain, [21.0, 15.0, 18.0, 20.0]) is None  # one rung, after epoch 1: it cannot see the drop
+
+
+def test_rungs_at_or_after_the_last_epoch_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="hpo.pruners"):
+        assert make_pruner("rungs", 2, {"at_epochs": [1, 2], "reduction_factors": [2, 2]}).rungs == {1: 2}
+    assert "never prune" in caplog.text
+
+
 def test_factory_passes_defaults_and_options() -> None:
     hb = make_pruner("hyperband", 70, {"min_resource": 2, "reduction_factor": 4})
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
@@ -82,8 +121,8 @@ def test_min_resource_above_the_epochs_is_lowered(caplog: pytest.LogCaptureFixtu
 
 
 def test_unknown_pruner_names_the_choices() -> None:
-    assert PRUNERS == ("hyperband", "median", "none")
-    with pytest.raises(SpecError, match=r"unknown pruner 'asha': use one of hyperband, median, none"):
+    assert PRUNERS == ("hyperband", "rungs", "median", "none")
+    with pytest.raises(SpecError, match=r"unknown pruner 'asha': use one of hyperband, rungs, median, none"):
         make_pruner("asha", 9)
 
 
@@ -101,6 +140,12 @@ def test_unknown_pruner_names_the_choices() -> None:
         ("median", {"interval_steps": 0}, r"interval_steps and n_min_trials must be >= 1"),
         ("hyperband", {"min_resource": 0}, r"min_resource must be >= 1 epoch, got 0"),
         ("hyperband", {"reduction_factor": 1}, r"reduction_factor must be >= 2, got 1"),
+        ("rungs", {"at_epochs": 1}, r"'at_epochs' of 'rungs' must be list, got 1"),
+        ("rungs", {"at_epochs": [1, 2], "reduction_factors": [3]}, r"lists of integers of the same length"),
+        ("rungs", {"at_epochs": [1.5]}, r"lists of integers of the same length"),
+        ("rungs", {"at_epochs": [2, 1], "reduction_factors": [3, 3]}, r"rising epochs >= 1 and reduction factors >= 2"),
+        ("rungs", {"at_epochs": [0]}, r"rising epochs >= 1"),
+        ("rungs", {"at_epochs": [1], "reduction_factors": [1]}, r"reduction factors >= 2, got at_epochs \[1\]"),
     ],
 )
 def test_bad_options_are_spec_errors(name: str, options: dict[str, Any], message: str) -> None:
