@@ -160,11 +160,12 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
         "| pruner | seed | epochs trained | best val PSNR | its config over training seeds 1-4 | wall time | states |",
         "|---|---|---|---|---|---|---|",
     ]
-    runs: dict[str, list[StudyRun]] = {"hyperband": [], "none": []}
-    worth: dict[str, list[float]] = {"hyperband": [], "none": []}
+    # The spec's pruner for the small profile (`spec`: no --pruner flag) against none, same sampler and seeds.
+    runs: dict[str, list[StudyRun]] = {"spec": [], "none": []}
+    worth: dict[str, list[float]] = {"spec": [], "none": []}
     for seed in seeds:
-        for pruner in ("hyperband", "none"):  # interleaved, so machine noise hits both
-            r = run_study(trials, "tpe", pruner, seed, _fresh(parent))
+        for pruner in ("spec", "none"):  # interleaved, so machine noise hits both
+            r = run_study(trials, "tpe", None if pruner == "spec" else pruner, seed, _fresh(parent))
             runs[pruner].append(r)
             # One training run flatters the best trial (the winner's curse): retrain its config with seeds 1-4
             # on the same data (what `hpo top -k 1 --seeds 4` does), and compare the two studies' picks by the mean.
@@ -172,22 +173,23 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
             values = reevaluate(study, k=1, seeds=RETRAIN_SEEDS)[0].values
             worth[pruner].append(statistics.mean(v for v in values if math.isfinite(v)))
             rows.append(
-                f"| {pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {summary(values)} | {r.seconds:.0f} s | "
+                f"| {r.pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {summary(values)} | {r.seconds:.0f} s | "
                 f"{_states(r.states)} |"
             )
-    hb, no = runs["hyperband"], runs["none"]
-    epoch_ratio = sum(r.epochs for r in hb) / sum(r.epochs for r in no)
-    gap = statistics.mean(r.best for r in hb) - statistics.mean(r.best for r in no)
-    worth_gap = statistics.mean(worth["hyperband"]) - statistics.mean(worth["none"])
+    pr, no = runs["spec"], runs["none"]
+    name = pr[0].pruner
+    epoch_ratio = sum(r.epochs for r in pr) / sum(r.epochs for r in no)
+    gap = statistics.mean(r.best for r in pr) - statistics.mean(r.best for r in no)
+    worth_gap = statistics.mean(worth["spec"]) - statistics.mean(worth["none"])
     return [
-        f"### Pruning's worth: hyperband vs none (tpe, {trials} trials, seeds {', '.join(map(str, seeds))})",
+        f"### Pruning's worth: {name} vs none (tpe, {trials} trials, seeds {', '.join(map(str, seeds))})",
         "",
         *rows,
         "",
-        f"Epochs with hyperband / without: **{epoch_ratio:.2f}** (target at most 0.5: "
+        f"Epochs with {name} / without: **{epoch_ratio:.2f}** (target at most 0.5: "
         f"{'met' if epoch_ratio <= 0.5 else 'missed'}); mean best PSNR difference **{gap:+.2f} dB** "
         f"(target within 0.3 dB, or better: {'met' if gap >= -0.3 else 'missed'}). The best configs retrained "
-        f"with training seeds 1-4: hyperband's picks minus none's, **{worth_gap:+.2f} dB** on the mean.",
+        f"with training seeds 1-4: {name}'s picks minus none's, **{worth_gap:+.2f} dB** on the mean.",
         "",
     ]
 
@@ -195,9 +197,11 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
 def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[str]) -> list[str]:
     best: dict[str, list[float]] = {s: [] for s in samplers}
     secs: dict[str, list[float]] = {s: [] for s in samplers}
+    pruner = ""
     for seed in seeds:
         for sampler in samplers:
-            r = run_study(trials, sampler, "hyperband", seed, _fresh(parent))
+            r = run_study(trials, sampler, None, seed, _fresh(parent))  # the spec's pruner
+            pruner = r.pruner
             best[sampler].append(r.best)
             secs[sampler].append(r.seconds)
     rows = [
@@ -210,7 +214,7 @@ def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[st
             f"{statistics.mean(best[s]):.2f} | {statistics.mean(secs[s]):.0f} s |"
         )
     return [
-        f"### Samplers on the same budget ({trials} trials, hyperband, seeds {', '.join(map(str, seeds))})",
+        f"### Samplers on the same budget ({trials} trials, pruner {pruner}, seeds {', '.join(map(str, seeds))})",
         "",
         *rows,
         "",

@@ -20,13 +20,23 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.pruners import make_pruner
+
+
+def _rungs(first: int, second: int) -> dict[str, list[int]]:
+    return {"at_epochs": [1, 2], "reduction_factors": [first, second]}
+
+
 PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "hyperband rf 3 (the spec's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 3),
     "hyperband rf 4": lambda e: optuna.pruners.HyperbandPruner(1, e, 4),
     "hyperband rf 5": lambda e: optuna.pruners.HyperbandPruner(1, e, 5),
-    "hyperband rf 6 (the small profile's)": lambda e: optuna.pruners.HyperbandPruner(1, e, 6),
+    "hyperband rf 6 (the small profile's until 2026-12-05)": lambda e: optuna.pruners.HyperbandPruner(1, e, 6),
     "hyperband rf 8": lambda e: optuna.pruners.HyperbandPruner(1, e, 8),
     "successive halving rf 3": lambda e: optuna.pruners.SuccessiveHalvingPruner(1, 3),
+    "rungs after epochs 1 and 2, rf 2 and 6": lambda e: make_pruner("rungs", e, _rungs(2, 6)),
+    "rungs after epochs 1 and 2, rf 2 and 16 (the small profile's)": lambda e: make_pruner("rungs", e, _rungs(2, 16)),
+    "rungs after epochs 1 and 2, rf 3 and 6": lambda e: make_pruner("rungs", e, _rungs(3, 6)),
     "median (5 startup, no warm-up)": lambda e: optuna.pruners.MedianPruner(5, 0),
     "median (5 startup, 1 warm-up epoch)": lambda e: optuna.pruners.MedianPruner(5, 1),
 }

@@ -147,7 +147,8 @@ def run_study(opts: RunOptions) -> RunSummary:
     printer = TrialPrinter(study, quiet=opts.quiet)
     printer.say(
         f"study {spec.name} | data {data_name} | profile {spec.profile or 'none'} | storage {mask_url(url)} | "
-        f"sampler {spec.sampler} (seed {seed}) | pruner {spec.pruner} | device {_device_label(base.device)} | "
+        f"sampler {spec.sampler} (seed {seed}) | pruner {_with_options(spec.pruner, spec.pruner_options)} | "
+        f"device {_device_label(base.device)} | "
         f"budget {opts.n_trials} trials" + (f" | reaped {reaped} stale" if reaped else "")
     )
     objective = Objective(spec, overrides, epoch_hook_factory=printer.epoch_hook, after_train=_after_train(url))
@@ -188,3 +189,8 @@ def _summary(study: optuna.Study, result: WorkerResult, seconds: float) -> RunSu
         return RunSummary(study.study_name, result, None, {}, None, seconds)
     best = study.best_trial
     return RunSummary(study.study_name, result, best.value, dict(best.params), best.number, seconds)
+
+
+def _with_options(name: str, options: dict[str, Any]) -> str:
+    """'rungs (at_epochs [1, 2], reduction_factors [2, 16])': a pruner as the spec configured it."""
+    return f"{name} ({', '.join(f'{k} {v}' for k, v in options.items())})" if options else name

@@ -133,3 +133,11 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(
     assert first.user_attrs["fail_reason"] == "training diverged at epoch 0: loss is nan"
     assert second.state.name == "COMPLETE" and second.params["lr"] == 1e-3  # FAIL did not use the budget
     assert len(study.trials) == 2
+
+
+def test_first_line_names_the_pruner_with_its_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    code, out, _ = cli(capsys, "run", "--study", "smoke", "--n-trials", "1", "--storage", url)
+    first = out.splitlines()[0]
+    assert code == 0 and first.startswith("study smoke | data synthetic (built-in) | profile ")
+    assert "| sampler tpe (seed 0) | pruner median (n_startup_trials 2, n_warmup_steps 0) | device cpu" in first
