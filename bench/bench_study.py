@@ -178,7 +178,8 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
             )
     pr, no = runs["spec"], runs["none"]
     name = pr[0].pruner
-    epoch_ratio = sum(r.epochs for r in pr) / sum(r.epochs for r in no)
+    spent, unpruned = sum(r.epochs for r in pr), sum(r.epochs for r in no)
+    epoch_ratio = spent / unpruned
     gap = statistics.mean(r.best for r in pr) - statistics.mean(r.best for r in no)
     worth_gap = statistics.mean(worth["spec"]) - statistics.mean(worth["none"])
     return [
@@ -186,7 +187,7 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
         "",
         *rows,
         "",
-        f"Epochs with {name} / without: **{epoch_ratio:.2f}** (target at most 0.5: "
+        f"Epochs with {name} / without: **{epoch_ratio:.3f}** ({spent} of {unpruned}; target at most 0.5: "
         f"{'met' if epoch_ratio <= 0.5 else 'missed'}); mean best PSNR difference **{gap:+.2f} dB** "
         f"(target within 0.3 dB, or better: {'met' if gap >= -0.3 else 'missed'}). The best configs retrained "
         f"with training seeds 1-4: {name}'s picks minus none's, **{worth_gap:+.2f} dB** on the mean.",
