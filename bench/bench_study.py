@@ -171,7 +171,7 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
             # on the same data (what `hpo top -k 1 --seeds 4` does), and compare the two studies' picks by the mean.
             study = optuna.load_study(study_name="vp-bo", storage=r.storage)
             values = reevaluate(study, k=1, seeds=RETRAIN_SEEDS)[0].values
-            worth[pruner].append(statistics.mean(v for v in values if math.isfinite(v)))
+            worth[pruner].append(finite_mean(values))
             rows.append(
                 f"| {r.pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {summary(values)} | {r.seconds:.0f} s | "
                 f"{_states(r.states)} |"
@@ -222,13 +222,19 @@ def part_samplers(parent: Path, trials: int, seeds: list[int], samplers: list[st
     ]
 
 
+def finite_mean(values: list[float]) -> float:
+    """Mean over the seeds that did not diverge (NaN when none did not)."""
+    ok = [v for v in values if math.isfinite(v)]
+    return statistics.mean(ok) if ok else math.nan
+
+
 def summary(values: list[float]) -> str:
     """'mean ± sd (min-max)' over the finite values, with how many diverged (NaN)."""
     ok = [v for v in values if math.isfinite(v)]
     if not ok:
         return "all diverged"
     sd = statistics.stdev(ok) if len(ok) > 1 else 0.0
-    text = f"{statistics.mean(ok):.2f} ± {sd:.2f} ({min(ok):.2f}-{max(ok):.2f})"
+    text = f"{finite_mean(ok):.2f} ± {sd:.2f} ({min(ok):.2f}-{max(ok):.2f})"
     return text + (f", {len(values) - len(ok)} diverged" if len(ok) < len(values) else "")
 
 
