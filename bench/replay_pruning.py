@@ -5,7 +5,9 @@ Optuna's own, fed those curves trial by trial in their original order on an in-m
 would have spent, the best final PSNR among the trials it would have let finish, and where it would have
 stopped the best trial. The sampler's later proposals would differ with pruning on (it sees pruned trials),
 so this measures the pruners on fixed curves, not whole studies; `bench_study.py pruning` runs those.
-It also prints how well the PSNR after each epoch ranks the trials by final PSNR (Spearman's rho).
+It also prints how well the PSNR after each epoch ranks the trials by final PSNR (Spearman's rho), and the
+best of a random k of the complete trials: what a study that finishes only k trials would reach from the draws
+alone (the winner's curse that a pruned study's raw best starts behind by).
 
     hpo run --study vp-bo --n-trials 20 --pruner none --seed 0      # in an empty folder: ./hpo.db
     python bench/replay_pruning.py sqlite:///hpo.db [--study vp-bo]
@@ -62,6 +64,13 @@ def replay(curves: list[FrozenTrial], pruner: optuna.pruners.BasePruner) -> tupl
     return spent, best, best_stopped
 
 
+def best_of_draws(finals: list[float], k: int, draws: int = 20000, seed: int = 0) -> float:
+    """Mean, over `draws` random k-subsets of the final values (without replacement), of each subset's best."""
+    values = np.asarray(finals)
+    picks = np.random.default_rng(seed).random((draws, len(values))).argsort(axis=1)[:, :k]
+    return float(values[picks].max(axis=1).mean())
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, epochs):
         early = [float(t.intermediate_values.get(step, np.nan)) for t in curves]
         print(f"Spearman rho, PSNR after epoch {step} vs final: {spearman(early, finals):+.2f}")
+    sizes = [k for k in (5, 9, 10, 12, 20) if k < len(finals)]
+    draws = ", ".join(f"{k}: {best_of_draws(finals, k):.2f}" for k in sizes)
+    print(f"\nBest of a random k of the {len(finals)} trials (mean of 20,000 draws), k: {draws} dB")
     print("\n| pruner | epochs spent | share | best final PSNR | best trial stopped at epoch |")
     print("|---|---|---|---|---|")
     for name, make in PRUNERS.items():
