@@ -234,7 +234,7 @@ def summary(values: list[float]) -> str:
     if not ok:
         return "all diverged"
     sd = statistics.stdev(ok) if len(ok) > 1 else 0.0
-    text = f"{finite_mean(ok):.2f} ± {sd:.2f} ({min(ok):.2f}-{max(ok):.2f})"
+    text = f"{statistics.mean(ok):.2f} ± {sd:.2f} ({min(ok):.2f}-{max(ok):.2f})"
     return text + (f", {len(values) - len(ok)} diverged" if len(ok) < len(values) else "")
 
 

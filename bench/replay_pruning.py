@@ -64,7 +64,10 @@ def replay(curves: list[FrozenTrial], pruner: optuna.pruners.BasePruner) -> tupl
     return spent, best, best_stopped
 
 
-def best_of_draws(finals: list[float], k: int, draws: int = 20000, seed: int = 0) -> float:
+DRAWS = 20_000  # random k-subsets per k in best_of_draws
+
+
+def best_of_draws(finals: list[float], k: int, draws: int = DRAWS, seed: int = 0) -> float:
     """Mean, over `draws` random k-subsets of the final values (without replacement), of each subset's best."""
     values = np.asarray(finals)
     picks = np.random.default_rng(seed).random((draws, len(values))).argsort(axis=1)[:, :k]
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Spearman rho, PSNR after epoch {step} vs final: {spearman(early, finals):+.2f}")
     sizes = [k for k in (5, 9, 10, 12, 20) if k < len(finals)]
     draws = ", ".join(f"{k}: {best_of_draws(finals, k):.2f}" for k in sizes)
-    print(f"\nBest of a random k of the {len(finals)} trials (mean of 20,000 draws), k: {draws} dB")
+    print(f"\nBest of a random k of the {len(finals)} trials (mean of {DRAWS:,} draws), k: {draws} dB")
     print("\n| pruner | epochs spent | share | best final PSNR | best trial stopped at epoch |")
     print("|---|---|---|---|---|")
     for name, make in PRUNERS.items():
