@@ -154,6 +154,8 @@ def part_main(parent: Path) -> list[str]:
 
 
 def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
+    from replay_pruning import best_within  # bench/, beside this script
+
     from hpo.top import reevaluate
 
     rows = [
@@ -163,6 +165,7 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
     # The spec's pruner for the small profile (`spec`: no --pruner flag) against none, same sampler and seeds.
     runs: dict[str, list[StudyRun]] = {"spec": [], "none": []}
     worth: dict[str, list[float]] = {"spec": [], "none": []}
+    same_cost: list[float] = []  # none's best over its first trials within the pruned study's epochs
     for seed in seeds:
         for pruner in ("spec", "none"):  # interleaved, so machine noise hits both
             r = run_study(trials, "tpe", None if pruner == "spec" else pruner, seed, _fresh(parent))
@@ -172,6 +175,8 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
             study = optuna.load_study(study_name="vp-bo", storage=r.storage)
             values = reevaluate(study, k=1, seeds=RETRAIN_SEEDS)[0].values
             worth[pruner].append(finite_mean(values))
+            if pruner == "none":
+                same_cost.append(best_within(study.get_trials(deepcopy=False), runs["spec"][-1].epochs)[0])
             rows.append(
                 f"| {r.pruner} | {seed} | {r.epochs} | {r.best:.2f} dB | {summary(values)} | {r.seconds:.0f} s | "
                 f"{_states(r.states)} |"
@@ -182,6 +187,7 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
     epoch_ratio = spent / unpruned
     gap = statistics.mean(r.best for r in pr) - statistics.mean(r.best for r in no)
     worth_gap = statistics.mean(worth["spec"]) - statistics.mean(worth["none"])
+    same_gap = finite_mean([r.best - v for r, v in zip(pr, same_cost, strict=True)])
     return [
         f"### Pruning's worth: {name} vs none (tpe, {trials} trials, seeds {', '.join(map(str, seeds))})",
         "",
@@ -190,7 +196,9 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
         f"Epochs with {name} / without: **{epoch_ratio:.3f}** ({spent} of {unpruned}; target at most 0.5: "
         f"{'met' if epoch_ratio <= 0.5 else 'missed'}); mean best PSNR difference **{gap:+.2f} dB** "
         f"(target within 0.3 dB, or better: {'met' if gap >= -0.3 else 'missed'}). The best configs retrained "
-        f"with training seeds 1-4: {name}'s picks minus none's, **{worth_gap:+.2f} dB** on the mean.",
+        f"with training seeds 1-4: {name}'s picks minus none's, **{worth_gap:+.2f} dB** on the mean. At the same "
+        f"cost (none's best over its first trials within {name}'s epochs of that seed: "
+        f"{', '.join(f'{v:.2f}' for v in same_cost)} dB): {name} **{same_gap:+.2f} dB** on the mean best.",
         "",
     ]
 

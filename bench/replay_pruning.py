@@ -7,10 +7,12 @@ stopped the best trial. The sampler's later proposals would differ with pruning 
 so this measures the pruners on fixed curves, not whole studies; `bench_study.py pruning` runs those.
 It also prints how well the PSNR after each epoch ranks the trials by final PSNR (Spearman's rho), and the
 best of a random k of the complete trials: what a study that finishes only k trials would reach from the draws
-alone (the winner's curse that a pruned study's raw best starts behind by).
+alone (the winner's curse that a pruned study's raw best starts behind by). With `--spent N` it also prints
+the study's best at the cost of a pruned one: over its first trials that together trained at most N epochs.
+A single seeded worker proposes the same trials whatever `--n-trials` is, so a short run gives that prefix.
 
     hpo run --study vp-bo --n-trials 20 --pruner none --seed 0      # in an empty folder: ./hpo.db
-    python bench/replay_pruning.py sqlite:///hpo.db [--study vp-bo]
+    python bench/replay_pruning.py sqlite:///hpo.db [--study vp-bo] [--spent 103]
 """
 
 from __future__ import annotations
@@ -74,6 +76,20 @@ def best_of_draws(finals: list[float], k: int, draws: int = DRAWS, seed: int = 0
     return float(values[picks].max(axis=1).mean())
 
 
+def best_within(trials: list[FrozenTrial], epochs: int) -> tuple[float, int]:
+    """(best final value, trial count) over the first trials, in number order, that together trained at most
+    `epochs` epochs (reported values; a failed trial's count too). NaN when none of them completed."""
+    spent, best, count = 0, np.nan, 0
+    for t in sorted(trials, key=lambda t: t.number):
+        spent += len(t.intermediate_values)
+        if spent > epochs:
+            break
+        count += 1
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = float(np.fmax(best, t.value))
+    return best, count
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("storage", help="storage URL of a study run with --pruner none")
     ap.add_argument("--study", default="vp-bo")
+    ap.add_argument("--spent", type=int, help="a pruned study's epochs: print this study's best within as many")
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = optuna.load_study(study_name=args.study, storage=args.storage)
@@ -100,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [k for k in (5, 9, 10, 12, 20) if k < len(finals)]
     draws = ", ".join(f"{k}: {best_of_draws(finals, k):.2f}" for k in sizes)
     print(f"\nBest of a random k of the {len(finals)} trials (mean of {DRAWS:,} draws), k: {draws} dB")
+    if args.spent is not None:
+        within, count = best_within(source.get_trials(deepcopy=False), args.spent)
+        print(f"Best within the first {args.spent} epochs (its first {count} trials): {within:.2f} dB")
     print("\n| pruner | epochs spent | share | best final PSNR | best trial stopped at epoch |")
     print("|---|---|---|---|---|")
     for name, make in PRUNERS.items():
