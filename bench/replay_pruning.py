@@ -80,7 +80,7 @@ def best_within(trials: list[FrozenTrial], epochs: int) -> tuple[float, int]:
     """(best final value, trial count) over the first trials, in number order, that together trained at most
     `epochs` epochs (reported values; a failed trial's count too). NaN when none of them completed."""
     spent, best, count = 0, np.nan, 0
-    for t in sorted(trials, key=lambda t: t.number):
+    for t in trials:  # in number order, as Study.get_trials returns them
         spent += len(t.intermediate_values)
         if spent > epochs:
             break
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = optuna.load_study(study_name=args.study, storage=args.storage)
-    curves = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.intermediate_values]
+    trials = source.get_trials(deepcopy=False)  # read once: the curves below and best_within
+    curves = [t for t in trials if t.state == TrialState.COMPLETE and t.intermediate_values]
     if not curves:
         raise SystemExit(f"study {args.study!r} has no complete trial with a learning curve: run it first")
     epochs = max(len(t.intermediate_values) for t in curves)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     draws = ", ".join(f"{k}: {best_of_draws(finals, k):.2f}" for k in sizes)
     print(f"\nBest of a random k of the {len(finals)} trials (mean of {DRAWS:,} draws), k: {draws} dB")
     if args.spent is not None:
-        within, count = best_within(source.get_trials(deepcopy=False), args.spent)
+        within, count = best_within(trials, args.spent)
         print(f"Best within the first {args.spent} epochs (its first {count} trials): {within:.2f} dB")
     print("\n| pruner | epochs spent | share | best final PSNR | best trial stopped at epoch |")
     print("|---|---|---|---|---|")
