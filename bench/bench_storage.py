@@ -29,7 +29,6 @@ import getpass
 import os
 import platform
 import random
-import shlex
 import signal
 import statistics
 import subprocess
@@ -43,21 +42,21 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from common import RESULTS, loadavg, machine, publish, run_facts, section_header, verdict
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from sqlalchemy import event
 
+from hpo.optuna_private import backend_of
 from hpo.spec import load_spec, suggest
-from hpo.storage import backend_of, open_storage
+from hpo.storage import open_storage
 from hpo.worker import run_worker
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).with_name("RESULTS.md")
 CHEAP_WORKER = REPO / "tests" / "workers" / "cheap_worker.py"
 SECTION = "## Storage and workers (issue 4)"
-HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
 EPOCHS = 10  # reported epochs per trial in the overhead measurement
 TARGET_RATIO, TARGET_SHARE, TARGET_SPEEDUP = 1.2, 0.01, 1.8
 CHEAP_EPOCHS, CHEAP_EPOCH_S = 5, 0.2  # cheap_worker objective: 1 s of sleep per trial
@@ -303,37 +302,9 @@ def bench_kill_to_retry(url: str, tmp: Path, tag: str, env_extra: dict[str, str]
 # --- report -----------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        lscpu = ""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
-        platform.processor() or "unknown CPU",
-    )
-    return f"{model}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, Optuna {optuna.__version__}"
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
-
-
 def report(r: dict[str, Any]) -> str:
-    lines = [
-        SECTION,
-        "",
-        f"Command: `{r['command']}`  ",
-        f"Date: {r['date']}  ",
-        f"Machine: {r['machine']}  ",
-        f"Load (uptime) before / after: {r['load_before']} / {r['load_after']} (cores shared with other jobs: "
-        "expect noise; the overhead rounds are interleaved so it hits both sides)  ",
-        f"Wall time of the whole run: {r['wall_s'] / 60:.1f} min",
-        "",
+    note = "cores shared with other jobs: expect noise; the overhead rounds are interleaved so it hits both sides"
+    lines = section_header(SECTION, r, note) + [
         f"### Storage overhead per trial ({r['rounds']} rounds x {r['k']} trials, medians)",
         "",
         f"Ours: `run_worker` (reap stale trials, claim under the study lock with the 7 vp-bo small-profile "
@@ -434,18 +405,6 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     return targets, notes
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of RESULTS.md (up to the next `## ` heading), or append it; others kept."""
-    text = path.read_text() if path.exists() else HEADER
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke check: 3 rounds, 6 trials, 1 kill each; writes nothing")
@@ -467,10 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     r: dict[str, Any] = {
-        "command": "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]] if argv is None else argv),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_before": _load(),
-        "machine": machine(),
+        **run_facts(argv),
+        "machine": machine(f"Python {platform.python_version()}", f"Optuna {optuna.__version__}"),
         "rounds": args.rounds,
         "k": args.trials_per_round,
     }
@@ -529,14 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("   skipped: no PostgreSQL server", flush=True)
     r["wall_s"] = time.perf_counter() - started
-    r["load_after"] = _load()
+    r["load_after"] = loadavg()
     r["targets"], r["notes"] = targets_and_notes(r)
-    section = report(r)
-    print("\n" + section)
-    path = args.results or (None if args.quick else RESULTS)
-    if path is not None:
-        write_section(path, section)
-        print(f"wrote {path}")
+    publish(report(r), args.results or (None if args.quick else RESULTS), SECTION)
     return 0
 
 

@@ -49,7 +49,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.clip import ClipLoss, clip_loss, clip_loss_stepwise
 from model.config import TrainConfig
-from model.data import Videos, load_data
+from model.data import load_data
+from model.dataset import Videos
 from model.device import autocast, flush_denormals, keep_freed_memory, time_chunk, to_input
 from model.metrics import copy_last_psnr, psnr
 from model.net import CVAE

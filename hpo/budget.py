@@ -18,15 +18,14 @@ from contextlib import ExitStack
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, select
 
 from hpo.dbretry import call_with_retry
 from hpo.locks import study_lock
+from hpo.optuna_private import TrialModel, backend_of, create_running_trial, heartbeat_thread, study_id
+from hpo.reaper import WORKER_ATTR, this_worker, warn_if_sqlite_shared
 from hpo.spec import suggest
-from hpo.storage import WORKER_ATTR, backend_of, this_worker, warn_if_sqlite_shared
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state: complete, pruned, fail, running, waiting."""
     backend = backend_of(study)
     if isinstance(backend, RDBStorage):
-        return _sql_counts(backend, study._study_id)
+        return _sql_counts(backend, study_id(study))
     return _counts(study.get_trials(deepcopy=False))
 
 
@@ -51,11 +50,7 @@ def _sql_counts(backend: RDBStorage, study_id: int) -> dict[str, int]:
     # Optuna counts trials by loading them all (`get_n_trials` is `len(get_all_trials(...))`: a query per
     # attribute table, then the ORM rows, a cost that grows with the study). The budget needs only counts by
     # state: one GROUP BY, in autocommit (no BEGIN/ROLLBACK round trips), on Optuna's own table model.
-    query = (
-        select(models.TrialModel.state, func.count())
-        .where(models.TrialModel.study_id == study_id)
-        .group_by(models.TrialModel.state)
-    )
+    query = select(TrialModel.state, func.count()).where(TrialModel.study_id == study_id).group_by(TrialModel.state)
 
     def count() -> dict[str, int]:
         with backend.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -113,7 +108,7 @@ def _claim_locked(
     if not distributions and beat is None:
         return trial
     stack = ExitStack() if beat is None else beat
-    beating = heartbeat(study, trial)  # a slow fit must not look like a dead worker
+    beating = heartbeat_thread(study, trial)  # a slow fit must not look like a dead worker
     beating.start()
     stack.callback(beating.join)
     try:
@@ -139,11 +134,6 @@ def _confirm_claim(study: optuna.Study, n_trials: int, trial: optuna.Trial) -> o
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     log.warning("trial %d given back: the study lock was lost while claiming it", trial.number)
     return None
-
-
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> BaseHeartbeatThread:
-    # Optuna's own heartbeat thread (what Study.optimize runs); a no-op without an RDB heartbeat.
-    return get_heartbeat_thread(trial._trial_id, study._storage)
 
 
 def _ask(study: optuna.Study, *, waiting: bool) -> optuna.Trial:
@@ -174,6 +164,4 @@ def _ask(study: optuna.Study, *, waiting: bool) -> optuna.Trial:
         intermediate_values={},
         trial_id=0,
     )
-    study._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials afresh
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    return optuna.Trial(study, trial_id)
+    return create_running_trial(study, template)

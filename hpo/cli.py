@@ -1,33 +1,23 @@
 """The `hpo` command line: parse, call one library function, map errors to exit codes.
 
-Each command lives in `hpo/commands/<name>.py` with `register(subparsers, common)`
-that adds its parser and sets `func(args) -> int`.
+Each command lives in `hpo/commands/<name>.py` with `register(subparsers, common)` that adds its parser and
+sets `func(args) -> int`; options several commands share are declared once in `hpo/commands/common.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import traceback
 
+import optuna
+
+from hpo.commands import best, dashboard, data, export, predict, report, retrain, run, status, top, train
 from model.errors import UsageError
 
-# One module per command; order is the order `hpo --help` lists them.
-COMMANDS: tuple[str, ...] = (
-    "run",
-    "status",
-    "best",
-    "export",
-    "report",
-    "dashboard",
-    "top",
-    "retrain",
-    "predict",
-    "train",
-    "data",
-)
+# The order `hpo --help` lists them.
+COMMANDS = (run, status, best, export, report, dashboard, top, retrain, predict, train, data)
 
 EXIT_USAGE = 2
 
@@ -51,9 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpo", description="Hyperparameter studies for the CVAE video-prediction model.")
     common = _common()
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMANDS:
-        module = importlib.import_module(f"hpo.commands.{name}")
-        module.register(sub, common)
+    for command in COMMANDS:
+        command.register(sub, common)
     return parser
 
 
@@ -64,11 +53,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     if getattr(args, "quiet", False):
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    import optuna
-
-    optuna.logging.set_verbosity(logging.WARNING if level <= logging.WARNING else level)
-    if level > logging.DEBUG:
-        optuna.logging.set_verbosity(max(level, logging.WARNING))
+    optuna.logging.set_verbosity(max(level, logging.WARNING))  # Optuna's INFO lines would repeat ours
 
 
 def main(argv: list[str] | None = None) -> int:

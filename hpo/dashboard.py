@@ -9,15 +9,20 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
 
+from hpo import results
+from hpo.artifacts import artifact_store_for, artifacts_dir
 from hpo.errors import DashboardError
+from hpo.storage import open_storage
 
-__all__ = ["check_address", "dashboard_url", "serve"]
+__all__ = ["Dashboard", "check_address", "dashboard_url", "prepare", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +66,31 @@ def serve(storage: BaseStorage, host: str, port: int, artifact_store: FileSystem
     """Run optuna-dashboard until interrupted (blocks)."""
     log.info("optuna-dashboard %s on %s:%d", optuna_dashboard.__version__, host, port)
     optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifact_store)
+
+
+@dataclass
+class Dashboard:
+    """What `serve` needs, checked: the storage, the artifact folder and its store, the address to print."""
+
+    storage: BaseStorage
+    folder: Path
+    store: FileSystemArtifactStore
+    address: str
+
+
+def prepare(url: str, host: str, port: int, artifacts: str | None = None, study: str | None = None) -> Dashboard:
+    """Open the storage (a viewer: it neither beats nor reaps), check the study, artifact folder and address.
+
+    Raises:
+        StudyError: `study` is not in the storage. DashboardError: no such artifact folder, or a busy address.
+    """
+    storage = open_storage(url, heartbeat=False)
+    study_id = storage.get_study_id_from_name(results.load(storage, study).study_name) if study else None
+    if artifacts is not None and not Path(artifacts).is_dir():
+        raise DashboardError(
+            f"artifact folder {artifacts!r} not found: give the folder `hpo run` wrote to "
+            f"(default {artifacts_dir(url)})"
+        )
+    check_address(host, port)
+    folder = Path(artifacts).resolve() if artifacts is not None else artifacts_dir(url)
+    return Dashboard(storage, folder, artifact_store_for(url, folder), dashboard_url(host, port, study_id))

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, PendingRollbackError
 
 from hpo.errors import StorageError
+from hpo.optuna_private import CACHED_BACKEND_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class RetryingRDBStorage(RDBStorage):
             log.debug("heartbeat of trial id %d missed: %s", trial_id, first_line(exc))
 
 
-# The public methods and the private ones Optuna's _CachedStorage calls on its backend.
+# The public methods, and the private ones Optuna's cache (and `stale_trial_ids`) call on the backend.
 _RETRIED = (
     "create_new_study",
     "delete_study",
@@ -179,9 +180,7 @@ _RETRIED = (
     "get_trial_system_attrs",
     "get_all_studies",
     "create_new_trial",
-    "_create_new_trial",
     "set_trial_param",
-    "_set_trial_param",
     "get_trial_param",
     "set_trial_state_values",
     "set_trial_intermediate_value",
@@ -190,10 +189,9 @@ _RETRIED = (
     "get_trial_id_from_study_id_trial_number",
     "get_trial",
     "get_all_trials",
-    "_get_trials",
     "get_best_trial",
-    "_get_best_trial_id",
-    "_get_stale_trial_ids",
+    *CACHED_BACKEND_METHODS,
+    "_get_stale_trial_ids",  # `optuna_private.stale_trial_ids`
 )
 for _name in _RETRIED:
     setattr(RetryingRDBStorage, _name, _retrying(getattr(RDBStorage, _name)))

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.dbretry import call_with_retry, first_line
-from hpo.storage import backend_of, rdb_backend
+from hpo.optuna_private import backend_of, journal_path, rdb_backend
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def _lock_path(backend: object) -> str | None:
             return database + LOCK_SUFFIX
         return None
     if isinstance(backend, JournalStorage):
-        file_path = getattr(backend._backend, "_file_path", None)  # JournalFileBackend keeps no public path
-        return file_path + LOCK_SUFFIX if isinstance(file_path, str) else None
+        file_path = journal_path(backend)
+        return file_path + LOCK_SUFFIX if file_path is not None else None
     return None
 
 

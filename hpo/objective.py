@@ -9,41 +9,15 @@ from typing import Any
 
 import optuna
 
+from hpo.reaper import WORKER_ATTR, this_worker
 from hpo.spec import StudySpec, suggest
-from hpo.storage import WORKER_ATTR, this_worker
 from model.config import TrainConfig
-from model.data import DataSet, load_data
-from model.train import EpochHook, TrainResult, stages, train
+from model.data import DataCache
+from model.dataset import DataSet
+from model.train import EpochHook, TrainResult, total_epochs, train
 
 # Per-epoch curves kept as user attrs (small lists of floats: large attrs slow the dashboard, DESIGN §8).
 CURVES = ("train_loss", "beta", "tfr", "val_psnr")
-
-# Fields that change what load_data returns; trials sharing them share one in-memory data set.
-_DATA_FIELDS = (
-    "data",
-    "cache_dir",
-    "frame_h",
-    "frame_w",
-    "train_vi_len",
-    "val_vi_len",
-    "synth_train_frames",
-    "synth_val_videos",
-    "synth_seed",
-)
-
-
-class DataCache:
-    """Load each distinct data set once per worker process (every trial of a study usually shares one)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[Any, ...], DataSet] = {}
-
-    def get(self, config: TrainConfig) -> DataSet:
-        key = tuple(getattr(config, f) for f in _DATA_FIELDS)
-        if key not in self._cache:
-            self._cache.clear()  # keep at most one data set in memory
-            self._cache[key] = load_data(config)
-        return self._cache[key]
 
 
 class Objective:
@@ -76,7 +50,7 @@ class Objective:
         config = self.config_for(trial)
         data = self.data.get(config)
         started = time.perf_counter()
-        total = sum(n for *_, n in stages(config))
+        total = total_epochs(config)
         progress = self.epoch_hook_factory(trial, total) if self.epoch_hook_factory else None
         curves: dict[str, list[float]] = {k: [] for k in CURVES}
         if WORKER_ATTR not in trial.user_attrs:  # the worker's claim records it; other callers (study.optimize) do not

@@ -7,6 +7,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from model.config import TrainConfig
+from model.train import EpochHook, total_epochs
+
 
 def epoch_line(metrics: dict[str, Any], total: int) -> str:
     tf = metrics.get("teacher_forcing", 0.0)
@@ -34,6 +37,25 @@ class EpochBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class RunBars:
+    """A hook factory for a sequence of runs: one progress bar per run, the previous one closed first."""
+
+    def __init__(self, quiet: bool, lines: bool = True) -> None:
+        self.quiet, self.lines = quiet, lines
+        self.bar: EpochBar | None = None
+
+    def __call__(self, label: str, config: TrainConfig, done: int = 0) -> EpochHook:
+        self.close()
+        self.bar = EpochBar(total_epochs(config), label, quiet=self.quiet, lines=self.lines)
+        self.bar.bar.update(done)  # a resumed run starts where its last.pt left off
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _fmt(value: Any) -> str:

@@ -30,9 +30,9 @@ from plotly.offline import get_plotlyjs
 
 from hpo import report_plots as rp
 from hpo.artifacts import PSNR_ATTR
+from hpo.outputs import write_output
 from hpo.results import status, trial_config
 from hpo.spec import STUDIES_DIR
-from model.checkpoint import atomic_write_text
 from model.config import TrainConfig, from_dict
 from model.errors import ConfigError
 
@@ -331,6 +331,6 @@ def build_report(study: optuna.Study, storage_label: str, now: dt.datetime | Non
 def write_report(study: optuna.Study, storage_label: str, path: str | Path) -> None:
     """Build the report and write it atomically (a temp file renamed over `path`: never half-written).
 
-    Raises: OSError when `path` cannot be written.
+    Raises: StudyError when `path` cannot be written.
     """
-    atomic_write_text(path, build_report(study, storage_label))
+    write_output(path, build_report(study, storage_label))

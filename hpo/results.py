@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import StudyError
-from hpo.storage import worker_of
+from hpo.outputs import write_output
+from hpo.reaper import worker_of
 from model.config import TrainConfig, from_dict, to_toml
 
 
@@ -87,6 +88,11 @@ def export_toml(study: optuna.Study, storage_label: str) -> str:
         f"storage {storage_label}\nreproduce: hpo train THIS_FILE"
     )
     return to_toml(config, header)
+
+
+def write_export(study: optuna.Study, storage_label: str, path: str) -> None:
+    """Write `export_toml` to `path` atomically (StudyError, one line, when it cannot be written)."""
+    write_output(path, export_toml(study, storage_label), "path")
 
 
 def best_dict(study: optuna.Study) -> dict[str, Any]:

@@ -1,32 +1,42 @@
-"""`hpo run`: open (or join) a study and run trials from the shared budget until it is spent (DESIGN §6–§7)."""
+"""`hpo run`: validate everything, open (or join) the study once, run trials until the shared budget is spent.
+
+The order matters (docs/ARCHITECTURE.md, "The worker protocol"): every user input is checked by `prepare`
+before the storage is touched; the study is opened once; under the study lock the first worker records the
+spec and enqueues the warm-start configs, and every worker takes a join index that derives its sampler seed.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import optuna
 
+from hpo.artifacts import upload_trial_artifacts
 from hpo.errors import SpecError
+from hpo.locks import study_lock
 from hpo.objective import Objective
 from hpo.progress import TrialPrinter
-from hpo.pruners import PRUNERS, make_pruner
-from hpo.samplers import SAMPLERS, make_sampler, worker_seed
-from hpo.spec import StudySpec, check_compatible, load_spec, spec_summary
-from hpo.storage import mask_url, open_storage, reap_stale, resolve_url, this_worker
-from hpo.worker import WorkerResult, run_worker, study_lock
-from model.config import parse_sets
-from model.train import stages
+from hpo.pruners import make_pruner
+from hpo.reaper import reap_stale, this_worker
+from hpo.samplers import make_sampler, worker_seed
+from hpo.spec import StudySpec, check_compatible, load_run_spec, spec_summary
+from hpo.storage import mask_url, open_storage, resolve_url
+from hpo.worker import WorkerResult, run_worker
+from model.config import TrainConfig, parse_sets
+from model.dataset import DataSet
+from model.device import resolve_device
+from model.train import TrainResult, total_epochs
 
 log = logging.getLogger(__name__)
-
-SMALL_PROFILE = "small"
 
 
 @dataclass
 class RunOptions:
+    """What `hpo run` was asked; the field names are the command's argparse destinations."""
+
     study: str  # spec name (studies/NAME.toml) or path
     n_trials: int = 50
     storage: str | None = None
@@ -41,6 +51,22 @@ class RunOptions:
     profile: str | None = None  # None: `small` when no data set is given, else none
     quiet: bool = False
 
+    @classmethod
+    def from_args(cls, args: Any) -> RunOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class RunPlan:
+    """A run's inputs, validated and built once, before anything touches the storage."""
+
+    spec: StudySpec
+    overrides: dict[str, Any]  # --set, --data, --device: applied over every trial's config
+    base: TrainConfig  # the fixed fields with the overrides: what every trial starts from
+    device: str  # the device the trials resolve to, as printed
+    sampler: optuna.samplers.BaseSampler  # seeded with the study seed (worker 0's)
+    pruner: optuna.pruners.BasePruner  # sized to the epochs the trials really run
+
 
 @dataclass
 class RunSummary:
@@ -52,8 +78,12 @@ class RunSummary:
     seconds: float
 
 
-def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
-    """Validate everything the user gave (spec, names, overrides) before anything touches the storage."""
+def prepare(opts: RunOptions) -> RunPlan:
+    """Validate everything the user gave (spec, names, overrides, options) before anything touches the storage.
+
+    Raises:
+        SpecError, ConfigError: one line naming the problem and the fix.
+    """
     if opts.n_trials <= 0:
         raise SpecError(f"--n-trials must be > 0, got {opts.n_trials}: it is the study's total budget")
     if opts.timeout is not None and opts.timeout <= 0:
@@ -63,12 +93,7 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
         overrides["data"] = opts.data
     if opts.device is not None:
         overrides["device"] = opts.device
-    profile = opts.profile
-    if profile is None:
-        raw = load_spec(opts.study)  # which data would the trials use?
-        uses_data = bool(overrides.get("data", raw.fixed.get("data", "")))
-        profile = "" if uses_data or SMALL_PROFILE not in raw.profiles else SMALL_PROFILE
-    spec = load_spec(opts.study, profile or None)
+    spec = load_run_spec(opts.study, opts.profile, overrides.get("data"))
     if opts.study_name:
         spec.name = opts.study_name
     if opts.seed is not None:
@@ -77,10 +102,6 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
         spec.sampler, spec.sampler_options = opts.sampler, {} if opts.sampler != spec.sampler else spec.sampler_options
     if opts.pruner:
         spec.pruner, spec.pruner_options = opts.pruner, {} if opts.pruner != spec.pruner else spec.pruner_options
-    if spec.sampler not in SAMPLERS:
-        raise SpecError(f"unknown sampler {spec.sampler!r}: use one of {', '.join(SAMPLERS)}")
-    if spec.pruner not in PRUNERS:
-        raise SpecError(f"unknown pruner {spec.pruner!r}: use one of {', '.join(PRUNERS)}")
     searched = sorted(set(overrides) & set(spec.space))
     if searched:
         raise SpecError(
@@ -88,28 +109,23 @@ def prepare(opts: RunOptions) -> tuple[StudySpec, dict[str, Any]]:
             "of your own (studies/NAME.toml) with a new --study-name"
         )
     base = spec.base_config(overrides)  # validates --set values against the fixed fields
-    _device_label(base.device)  # `--device cuda` on a machine without one fails here, before the storage
-    make_sampler(spec.sampler, spec.seed, spec.sampler_options)  # option errors surface now, not mid-study
-    return spec, overrides
+    resolved = str(resolve_device(base.device))  # `--device cuda` on a machine without one fails here
+    device = resolved if resolved == base.device else f"{resolved} ({base.device})"
+    sampler = make_sampler(spec.sampler, spec.seed, spec.sampler_options)
+    pruner = make_pruner(spec.pruner, total_epochs(base), spec.pruner_options)
+    return RunPlan(spec, overrides, base, device, sampler, pruner)
 
 
-def open_study(
-    spec: StudySpec, storage: Any, sampler_seed: int | None = None, overrides: dict[str, Any] | None = None
-) -> optuna.Study:
-    """Load the study if it exists (checking direction and space), else create it with the spec's attrs.
-
-    `overrides` (`--set epochs=...`) size the pruner to the epochs the trials will really run.
-    """
-    epochs = sum(n for *_, n in stages(spec.base_config(overrides)))
-    sampler = make_sampler(spec.sampler, sampler_seed if sampler_seed is not None else spec.seed, spec.sampler_options)
-    pruner = make_pruner(spec.pruner, epochs, spec.pruner_options)
+def open_study(plan: RunPlan, storage: Any) -> optuna.Study:
+    """Load the study if it exists (checking direction and space), else create it."""
+    spec = plan.spec
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=plan.sampler, pruner=plan.pruner)
     except KeyError:
         study = optuna.create_study(
             storage=storage,
-            sampler=sampler,
-            pruner=pruner,
+            sampler=plan.sampler,
+            pruner=plan.pruner,
             study_name=spec.name,
             direction=optuna.study.StudyDirection[spec.direction.upper()],
             load_if_exists=True,
@@ -118,16 +134,13 @@ def open_study(
     return study
 
 
-def run_study(opts: RunOptions) -> RunSummary:
-    """Run this worker's share of the study; returns when the global budget is spent or on timeout."""
-    started = time.perf_counter()
-    spec, overrides = prepare(opts)
-    url = resolve_url(opts.storage)
-    storage = open_storage(url)
-    study = open_study(spec, storage, overrides=overrides)
+def join(study: optuna.Study, spec: StudySpec) -> int:
+    """Join the study under its lock; returns this worker's join index (0 for the first worker).
+
+    The first worker in records the spec and enqueues the warm-start configs. The index derives each worker's
+    sampler seed (the same TPE seed on every worker repeats trials).
+    """
     with study_lock(study):
-        # First worker in records the spec and enqueues the warm-start configs; later ones get a join index,
-        # which derives their distinct sampler seed (the same TPE seed on every worker repeats trials).
         attrs = study.user_attrs
         if "space" not in attrs:
             for k, v in spec_summary(spec).items():
@@ -137,21 +150,34 @@ def run_study(opts: RunOptions) -> RunSummary:
             study.set_user_attr("seed", spec.seed)
             for params in spec.enqueue:
                 study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
-        join = int(attrs.get("workers_joined", 0))
-        study.set_user_attr("workers_joined", join + 1)
+        index = int(attrs.get("workers_joined", 0))
+        study.set_user_attr("workers_joined", index + 1)
+    return index
+
+
+def run_study(opts: RunOptions) -> RunSummary:
+    """Run this worker's share of the study; returns when the global budget is spent or on timeout."""
+    started = time.perf_counter()
+    plan = prepare(opts)
+    spec = plan.spec
+    url = resolve_url(opts.storage)
+    study = open_study(plan, open_storage(url))
+    seed = worker_seed(spec.seed, str(join(study, spec)))
+    if seed != spec.seed:  # a later worker: the sampler gets its own seed (Optuna lets a study's sampler change)
+        study.sampler = make_sampler(spec.sampler, seed, spec.sampler_options)
     reaped = reap_stale(study)
-    seed = worker_seed(spec.seed, str(join))
-    study = open_study(spec, storage, sampler_seed=seed, overrides=overrides)
-    base = spec.base_config(overrides)
-    data_name = base.data or "synthetic (built-in)"
     printer = TrialPrinter(study, quiet=opts.quiet)
     printer.say(
-        f"study {spec.name} | data {data_name} | profile {spec.profile or 'none'} | storage {mask_url(url)} | "
-        f"sampler {spec.sampler} (seed {seed}) | pruner {_with_options(spec.pruner, spec.pruner_options)} | "
-        f"device {_device_label(base.device)} | "
+        f"study {spec.name} | data {plan.base.data or 'synthetic (built-in)'} | profile {spec.profile or 'none'} | "
+        f"storage {mask_url(url)} | sampler {spec.sampler} (seed {seed}) | "
+        f"pruner {_with_options(spec.pruner, spec.pruner_options)} | device {plan.device} | "
         f"budget {opts.n_trials} trials" + (f" | reaped {reaped} stale" if reaped else "")
     )
-    objective = Objective(spec, overrides, epoch_hook_factory=printer.epoch_hook, after_train=_after_train(url))
+
+    def after_train(trial: optuna.Trial, config: TrainConfig, data: DataSet, result: TrainResult) -> None:
+        upload_trial_artifacts(url, trial, config, data, result)
+
+    objective = Objective(spec, plan.overrides, epoch_hook_factory=printer.epoch_hook, after_train=after_train)
     log.debug("worker %s", this_worker())
     result = run_worker(
         study,
@@ -165,22 +191,6 @@ def run_study(opts: RunOptions) -> RunSummary:
     summary = _summary(study, result, time.perf_counter() - started)
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)
     return summary
-
-
-def _device_label(name: str) -> str:
-    from model.device import resolve_device
-
-    resolved = str(resolve_device(name))
-    return resolved if resolved == name else f"{resolved} ({name})"
-
-
-def _after_train(url: str) -> Any:
-    from hpo.artifacts import upload_trial_artifacts
-
-    def after(trial: optuna.Trial, config: Any, data: Any, result: Any) -> None:
-        upload_trial_artifacts(url, trial, config, data, result)
-
-    return after
 
 
 def _summary(study: optuna.Study, result: WorkerResult, seconds: float) -> RunSummary:

@@ -23,6 +23,7 @@ from optuna.distributions import (
 )
 
 from hpo.errors import SpecError
+from hpo.optuna_private import contains
 from model.config import TrainConfig, coerce, field_types, from_dict, read_toml
 from model.errors import ConfigError
 
@@ -38,12 +39,12 @@ RUN_SETTINGS = {
     "channels_last",
     "compile",
     "time_chunk",
-    "num_workers",
     "out",
     "synth_train_frames",
     "synth_val_videos",
 }
 _TOP_KEYS = {"study", "sampler", "pruner", "fixed", "space", "enqueue", "profiles"}
+SMALL_PROFILE = "small"  # the profile sized for the built-in synthetic set on a CPU
 
 
 @dataclass
@@ -97,10 +98,33 @@ def load_spec(name_or_path: str, profile: str | None = None) -> StudySpec:
     Raises: SpecError (a ConfigError subclass is re-raised as SpecError with the spec's path).
     """
     path = find_spec(name_or_path)
+    return _parse_file(_read(path), path, profile)
+
+
+def load_run_spec(name_or_path: str, profile: str | None, data: str | None) -> StudySpec:
+    """The spec `hpo run` uses: `profile` when given, else `small` when the trials use no data set.
+
+    `data` is the data set given on the command line (None: the spec's own `fixed.data`); with none at all the
+    trials run on the built-in synthetic set, which the spec's `small` profile is sized for.
+    """
+    path = find_spec(name_or_path)
+    raw = _read(path)
+    if profile is None:
+        fixed = raw.get("fixed", {})
+        uses_data = bool(data if data is not None else fixed.get("data", "") if isinstance(fixed, dict) else "")
+        profiles = raw.get("profiles", {})
+        profile = SMALL_PROFILE if not uses_data and isinstance(profiles, dict) and SMALL_PROFILE in profiles else ""
+    return _parse_file(raw, path, profile)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = read_toml(path)
+        return read_toml(path)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
+
+
+def _parse_file(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
     try:
         return _parse(raw, path, profile)
     except ConfigError as exc:
@@ -199,7 +223,7 @@ def _check_enqueued(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
         if k not in spec.space:
             raise SpecError(f"[[enqueue]] sets {k!r}, which is not in the search space: enqueue searched fields only")
         v = coerce(k, v)
-        if not spec.space[k]._contains(spec.space[k].to_internal_repr(v)):
+        if not contains(spec.space[k], v):
             raise SpecError(f"[[enqueue]] value {k}={v!r} is outside its search space")
         out[k] = v
     return out

@@ -1,4 +1,4 @@
-"""Where a study lives (DESIGN §7): resolve the URL, open the storage, reap trials of dead workers.
+"""Where a study lives: resolve the storage URL, mask its password for printing, open the storage.
 
 Three kinds of URL:
 
@@ -8,8 +8,7 @@ Three kinds of URL:
   several processes on one machine without a server.
 
 RDB storages run with a heartbeat so a killed worker's trial becomes FAIL and is re-queued once
-(``RetryHeartbeatStaleTrialCallback``); the journal storage has no heartbeat in Optuna 5, so each trial
-records its host and pid (user attr `worker`) and `reap_stale` fails the trials of processes that are gone on this host.
+(``RetryHeartbeatStaleTrialCallback``); `hpo.reaper` finds dead workers' trials on every kind of storage.
 """
 
 from __future__ import annotations
@@ -17,17 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
+from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -189,138 +185,3 @@ def _open_journal(url: str) -> JournalStorage:
         raise StorageError(
             f"cannot open journal file {path} ({exc.strerror}): does its directory exist and is it writable? {_FIX}"
         ) from None
-
-
-def backend_of(study: optuna.Study) -> BaseStorage:
-    """The storage object behind a study (Optuna wraps RDB storages in a cache and has no public handle)."""
-    storage = study._storage
-    if isinstance(storage, _CachedStorage):
-        return storage._backend
-    return storage
-
-
-WORKER_ATTR = "worker"  # user attr {"host": ..., "pid": ...}: the process running a trial (one storage write)
-
-
-def this_worker() -> dict[str, Any]:
-    """The `WORKER_ATTR` value of this process."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def worker_of(trial: optuna.trial.FrozenTrial) -> tuple[str | None, int | None]:
-    """(host, pid) recorded on a trial, None where missing or malformed."""
-    worker = trial.user_attrs.get(WORKER_ATTR)
-    if not isinstance(worker, dict):
-        return None, None
-    host, pid = worker.get("host"), worker.get("pid")
-    return (host if isinstance(host, str) else None), (pid if isinstance(pid, int) else None)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (a zombie counts as alive until reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_interval(study: optuna.Study) -> float:
-    """Seconds between reaps worth doing: the storage's heartbeat interval (RDB), else `heartbeat_settings`'s."""
-    backend = backend_of(study)
-    interval = backend.get_heartbeat_interval() if isinstance(backend, RDBStorage) else None
-    return float(interval) if interval else float(heartbeat_settings()[0])
-
-
-def reap_stale(study: optuna.Study) -> int:
-    """Fail the RUNNING trials of dead workers and re-queue each once; returns how many were failed.
-
-    RDB: Optuna's heartbeat check (`fail_stale_trials`), which Optuna itself runs only when a live worker
-    starts its next trial. Journal (no heartbeats in Optuna 5): RUNNING trials recorded on this host whose
-    pid is gone become FAIL with fail_reason "worker gone" and are re-queued once with the same params.
-    """
-    from hpo.locks import study_lock  # locks imports this module
-
-    backend = backend_of(study)
-    if isinstance(backend, RDBStorage):
-        if backend.get_heartbeat_interval() is None:
-            return 0
-        # One query in the usual case (nothing stale), instead of three: this runs before every claim.
-        if not backend._get_stale_trial_ids(study._study_id):
-            return 0
-        # Under the study lock: `fail_stale_trials` marks the trial FAIL and only then queues its retry (the
-        # RetryFailedTrialCallback), so a claim in between would see a free slot and no WAITING trial, sample a
-        # new one, and the retry would be left WAITING once that trial filled the budget (seen in CI).
-        with study_lock(study):
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        return sum(1 for t in failed if t.number in before and "fail_reason" not in t.user_attrs)
-    if isinstance(backend, JournalStorage):
-        with study_lock(study):
-            return _reap_journal(study)
-    return 0
-
-
-def _reap_journal(study: optuna.Study) -> int:
-    host, reaped = socket.gethostname(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        where, pid = worker_of(t)
-        if where != host or pid is None or pid == os.getpid() or pid_alive(pid):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker gone (pid {pid} on {host} exited)")
-        try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished after all
-        reaped += 1
-        log.warning("trial %d: worker pid %d is gone: marked FAIL", t.number, pid)
-        if t.params and "retry_of" not in t.user_attrs:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-            log.info("trial %d re-queued with the same params", t.number)
-    return reaped
-
-
-def rdb_backend(study: optuna.Study, dialect: str) -> RDBStorage | None:
-    """The study's RDB storage when its database is `dialect` ("postgresql", "sqlite"), else None."""
-    backend = backend_of(study)
-    if isinstance(backend, RDBStorage) and backend.engine.dialect.name == dialect:
-        return backend
-    return None
-
-
-_warned_shared: set[str] = set()
-
-
-def warn_if_sqlite_shared(study: optuna.Study) -> None:
-    """Warn once per file when RUNNING trials of other live processes show a SQLite file has several workers.
-
-    Call it only when the study has RUNNING trials (a budget count says so): it reads them.
-    """
-    backend = rdb_backend(study, "sqlite")
-    if backend is None:
-        return
-    path = backend.engine.url.database or ":memory:"
-    if path in _warned_shared:
-        return
-    worker = this_worker()
-    me = (worker["host"], worker["pid"])
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, pid = worker_of(t)
-        if pid is None or (host, pid) == me:
-            continue
-        if host != me[0] or pid_alive(pid):
-            _warned_shared.add(path)
-            log.warning(
-                "SQLite file %s is used by more than one worker process (also pid %s on %s): SQLite serialises "
-                "writers and may stall; use journal:///FILE.log for several processes on one machine, or PostgreSQL "
-                "(postgresql+psycopg://...) for several machines",
-                path,
-                pid,
-                host,
-            )
-            return

@@ -19,9 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import StudyError
-from hpo.objective import DataCache
 from hpo.results import trial_config
 from model.config import TrainConfig
+from model.data import DataCache
 from model.errors import DivergedError, UsageError
 from model.train import EpochHook, train
 

@@ -1,22 +1,20 @@
-"""The worker loop (DESIGN §6–§7): claim a slot of the study's budget, run the objective, tell, repeat.
+"""The worker loop: claim a slot of the study's budget, run the objective, tell, repeat.
 
-Hand-rolled rather than `Study.optimize`, which has neither the budget claim (`hpo.budget`) nor this signal
-handling; it keeps Optuna's pieces: `ask`/`tell`, the RDB heartbeat thread and `fail_stale_trials`.
-Signals: the running trial is told FAIL ("interrupted"), re-queued with the same params, and
-`WorkerInterrupted` raised (the CLI exits 130/143). A finished result is told until the database takes it.
+Hand-rolled rather than `Study.optimize`, which has neither the budget claim (`hpo.budget`) nor safe signal
+handling (`hpo.signals`); it keeps Optuna's pieces: `ask`/`tell`, the RDB heartbeat thread and
+`fail_stale_trials`. On SIGINT/SIGTERM the running trial is told FAIL ("interrupted"), re-queued with the same
+params, and `WorkerInterrupted` raised (the CLI exits 130/143). A finished result is told until the database
+takes it (`hpo.tell`). docs/ARCHITECTURE.md, "The worker protocol".
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import optuna
@@ -24,34 +22,19 @@ from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import budget_counts, claim_trial, used_slots
+from hpo.budget import budget_counts, claim_trial
 from hpo.errors import StorageError
-from hpo.locks import study_lock
-from hpo.storage import reap_interval, reap_stale
+from hpo.reaper import reap_interval, reap_stale
+from hpo.signals import Signals, WorkerInterrupted
+from hpo.tell import tell_result
 from model.errors import DivergedError
 
-__all__ = [
-    "WorkerInterrupted",
-    "WorkerResult",
-    "budget_counts",
-    "claim_trial",
-    "run_worker",
-    "study_lock",
-]
+__all__ = ["WorkerResult", "run_worker"]
 
 log = logging.getLogger(__name__)
 
 ObjectiveFn = Callable[[optuna.Trial], float]
 MAX_CONSECUTIVE_FAILURES = 10  # a worker whose every trial fails (bad data, OOM) stops instead of spinning
-
-
-class WorkerInterrupted(Exception):
-    """SIGINT/SIGTERM ended the worker; the running trial was told FAIL ("interrupted") and re-queued."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 @dataclass
@@ -63,90 +46,6 @@ class WorkerResult:
     pruned: int = 0
     failed: int = 0
     stopped: str = "budget"
-
-
-# Code an exception must not cut short: raised inside a driver call, it leaves the connection mid-command
-# (SQLAlchemy logs a traceback resetting it, Optuna may report a storage error).
-_STORAGE_MODULES = ("sqlalchemy", "psycopg", "optuna.storages", "hpo.dbretry", "filelock")
-_RECHECK_S = 0.01
-
-
-def _in_storage_call(frame: FrameType | None) -> bool:
-    while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith(_STORAGE_MODULES):
-            return True
-        frame = frame.f_back
-    return False
-
-
-class _Signals:
-    """SIGINT/SIGTERM while `armed` (in the objective, or waiting) raise WorkerInterrupted at once, or, when
-    they land inside a storage call, as soon as it has returned (re-checked every 10 ms on SIGALRM); elsewhere
-    (claiming, telling) they are held until `check()`, so no trial is left half-created or half-told. The
-    first signal restores the previous handlers: a second one acts as usual (KeyboardInterrupt, termination)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._armed = False
-        self._previous: dict[int, Any] = {}
-        self._previous_alarm: Any = None  # SIGALRM's handler while a deferred signal waits to be raised
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
-        self._stop_recheck()
-
-    def _restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
-            self.signum = signum
-        self._restore()
-        if self._armed:
-            self._raise_outside_storage(frame)
-
-    def _raise_outside_storage(self, frame: FrameType | None) -> None:
-        if self.signum is None:
-            return
-        if _in_storage_call(frame) and hasattr(signal, "setitimer"):
-            if self._previous_alarm is None:
-                self._previous_alarm = signal.signal(signal.SIGALRM, self._recheck) or signal.SIG_DFL
-            signal.setitimer(signal.ITIMER_REAL, _RECHECK_S)
-            return
-        self._stop_recheck()
-        raise WorkerInterrupted(self.signum)
-
-    def _recheck(self, signum: int, frame: FrameType | None) -> None:
-        if self._armed:
-            self._raise_outside_storage(frame)
-
-    def _stop_recheck(self) -> None:
-        if self._previous_alarm is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous_alarm)
-            self._previous_alarm = None
-
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        self.check()
-        self._armed = True
-        try:
-            yield
-        finally:
-            self._armed = False
-            self._stop_recheck()  # a signal still deferred is raised by the next check()
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise WorkerInterrupted(self.signum)
 
 
 def run_worker(
@@ -183,7 +82,7 @@ def run_worker(
     # grace period (several intervals), so this delays noticing a dead worker by under one interval and saves a
     # query per trial. While waiting for the budget, every poll reaps.
     reap_every, last_reap = reap_interval(study), -math.inf
-    with _Signals() as signals:
+    with Signals() as signals:
         while True:
             signals.check()
             if deadline is not None and time.monotonic() >= deadline:
@@ -235,7 +134,7 @@ def _run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
     objective: ObjectiveFn,
-    signals: _Signals,
+    signals: Signals,
     on_trial_start: Callable[[optuna.Trial], None] | None,
     n_trials: int,
     beat: ExitStack,
@@ -271,7 +170,7 @@ def _run_trial(
         if reason:
             log.warning("trial %d failed: %s", trial.number, reason)
     # A signal during the tell is held: the result is kept, and the loop stops at its next check.
-    return _tell(study, trial, state, value, reason, n_trials)
+    return tell_result(study, trial, state, value, reason, n_trials)
 
 
 def _reason(exc: BaseException) -> str:
@@ -304,77 +203,3 @@ def _fail_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
         log.error("trial %d interrupted but could not be marked FAIL: %s", trial.number, exc)
         return
     log.warning("trial %d interrupted: marked FAIL and re-queued with the same params", trial.number)
-
-
-def _tell(
-    study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, reason: str, n_trials: int
-) -> FrozenTrial:
-    # A finished result is told until the database takes it: each attempt retries for the storage's window.
-    values = value if state == TrialState.COMPLETE else None
-    reason_told = not reason
-    while True:
-        try:
-            if not reason_told:
-                trial.set_user_attr("fail_reason", reason)
-                reason_told = True
-            frozen = study.tell(trial, values, state=state, skip_if_finished=True)
-            break
-        except UpdateFinishedTrialError:
-            # It finished meanwhile (our own tell whose reply was lost, or a reaper that took it for dead):
-            # the next tell returns it as it is.
-            reason_told = True
-        except StorageError as exc:
-            if state == TrialState.FAIL:
-                raise
-            log.warning(
-                "trial %d finished (%s, value %s) but the database did not take it: %s; trying again",
-                trial.number,
-                state.name,
-                value,
-                exc,
-            )
-    if frozen.state != state and state != TrialState.FAIL:
-        return _recover(study, frozen, state, value, n_trials)
-    return frozen
-
-
-def _recover(study: optuna.Study, lost: FrozenTrial, state: TrialState, value: float | None, n: int) -> FrozenTrial:
-    """Keep the result of a trial another worker failed as stale (heartbeats lost in a long outage).
-
-    Under the lock: if the budget has room and no retry of the lost trial has started, add the result as a new
-    trial and cancel the queued retry; otherwise the retry (same params) stands in for it.
-    """
-    with study_lock(study):
-        retries = [t for t in study.get_trials(deepcopy=False) if _retry_of(t) == lost.number]
-        started = [t for t in retries if t.state != TrialState.WAITING]
-        if started or used_slots(budget_counts(study)) >= n:
-            log.warning("trial %d (value %s) was reaped and re-run meanwhile: the retry stands", lost.number, value)
-            return lost
-        attrs = {k: v for k, v in lost.user_attrs.items() if k != "fail_reason"}
-        if state == TrialState.PRUNED:
-            value = lost.intermediate_values[lost.last_step] if lost.last_step is not None else None
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                value=value,
-                params=lost.params,
-                distributions=lost.distributions,
-                user_attrs={**attrs, "recovered_from": lost.number},
-                intermediate_values=lost.intermediate_values,
-            )
-        )
-        for t in retries:  # all WAITING
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"superseded: trial {lost.number} recovered")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        recovered = next(t for t in study.get_trials() if t.user_attrs.get("recovered_from") == lost.number)
-    log.warning("trial %d was reaped while it ran; its result is kept as trial %d", lost.number, recovered.number)
-    return recovered
-
-
-def _retry_of(trial: FrozenTrial) -> int | None:
-    """The trial this one re-runs: set by our re-queues (user attr) or Optuna's heartbeat retry (system attr)."""
-    history = trial.system_attrs.get("retry_history")
-    if isinstance(history, list) and history:
-        return int(history[-1])
-    retry_of = trial.user_attrs.get("retry_of")
-    return int(retry_of) if isinstance(retry_of, int) else None

@@ -72,7 +72,6 @@ class TrainConfig:
     channels_last: bool = True  # use the channels_last memory format for conv maps
     compile: bool = False  # wrap the model in torch.compile
     time_chunk: int = 0  # samples per batched call over time (0 = auto: 8 on CPU, all on GPU)
-    num_workers: int = 0  # DataLoader workers (the data is an in-memory uint8 tensor)
     out: str = ""  # output dir for checkpoints and metrics; "" = write nothing
     keep_best: int = 3  # best checkpoints kept by val PSNR, as best-eNNNN.pt (best.pt is the best); 0 = best.pt only
 
@@ -138,12 +137,17 @@ def field_types() -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Check one TOML value against the field's type; ints are accepted for floats."""
+def _field_type(name: str, where: str = "") -> Any:
+    """The type of field `name`; an unknown name is a ConfigError (`where` says where it was written)."""
     types = field_types()
     if name not in types:
-        raise ConfigError(f"unknown config field {name!r}: known fields are listed by `hpo train --help`")
-    kind = types[name]
+        raise ConfigError(f"unknown config field {name!r}{where}: check the spelling (`hpo train --help` lists them)")
+    return types[name]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Check one TOML value against the field's type; ints are accepted for floats."""
+    kind = _field_type(name)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -166,10 +170,7 @@ def _type_name(kind: Any) -> str:
 
 def parse_value(name: str, text: str) -> Any:
     """Parse the VALUE of a `--set FIELD=VALUE` by the field's type."""
-    types = field_types()
-    if name not in types:
-        raise ConfigError(f"unknown config field {name!r} in --set: check the spelling (see `hpo train --help`)")
-    kind = types[name]
+    kind = _field_type(name, " in --set")
     if kind is str:
         return text
     try:

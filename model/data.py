@@ -15,40 +15,23 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from model.config import TrainConfig
 from model.datacache import ImageFile, find_bad_files, image_files, load_cached
+from model.dataset import DataSet, Videos
 from model.errors import DataError
+from model.synth import synthetic_data
 
-__all__ = ["DataSet", "Layout", "Videos", "check_data", "frame_key", "load_data", "scan", "summary"]
+__all__ = ["DataCache", "Layout", "check_data", "frame_key", "load_data", "scan", "summary"]
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 5  # per kind of problem and split, so a badly broken set does not flood the terminal
 CACHE_SUBDIR = ".hpo-cache"
-
-
-@dataclass
-class Videos:
-    """A batch of equally long frame runs and their pose images."""
-
-    frames: torch.Tensor  # uint8 (V, L, 3, H, W): V clips/videos of L frames, RGB
-    poses: torch.Tensor  # uint8 (V, L, 3, H, W): pose image of each frame
-
-
-@dataclass
-class DataSet:
-    """Everything training, evaluation and prediction read; tensors stay uint8 until batched."""
-
-    train: Videos  # non-overlapping consecutive clips of config.train_vi_len frames
-    val: Videos  # consecutive videos of config.val_vi_len frames (>= 1 video)
-    test_first: torch.Tensor | None  # uint8 (K, 3, H, W) first frame of each test video, or None (no test split)
-    test_poses: torch.Tensor | None  # uint8 (K, P, 3, H, W) poses of each test video (P = 630 on the lab data)
-    test_ids: list[str]  # names of the test video folders, in numeric order
-    source: str  # e.g. "synthetic(seed=1)" or the resolved data path
 
 
 @dataclass
@@ -269,8 +252,6 @@ def load_data(config: TrainConfig) -> DataSet:
         DataError: the set is missing, malformed or too small; the message names the first problem.
     """
     if not config.data:
-        from model.synth import synthetic_data  # synth imports this module's dataclasses
-
         return synthetic_data(config)
     layout, problems = scan(config.data, config)
     if problems:
@@ -299,3 +280,31 @@ def load_data(config: TrainConfig) -> DataSet:
         len(layout.test_ids),
     )
     return DataSet(train, val, test_first, test_poses, list(layout.test_ids), str(layout.root))
+
+
+# Fields that change what load_data returns; configs that agree on them share one in-memory data set.
+_DATA_FIELDS = (
+    "data",
+    "cache_dir",
+    "frame_h",
+    "frame_w",
+    "train_vi_len",
+    "val_vi_len",
+    "synth_train_frames",
+    "synth_val_videos",
+    "synth_seed",
+)
+
+
+class DataCache:
+    """Load each distinct data set once per process (every trial of a study, every rerun, usually shares one)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], DataSet] = {}
+
+    def get(self, config: TrainConfig) -> DataSet:
+        key = tuple(getattr(config, f) for f in _DATA_FIELDS)
+        if key not in self._cache:
+            self._cache.clear()  # keep at most one data set in memory
+            self._cache[key] = load_data(config)
+        return self._cache[key]

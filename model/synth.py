@@ -20,17 +20,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from model.config import TrainConfig
+from model.dataset import DataSet, Videos
 from model.errors import DataError
-
-if TYPE_CHECKING:
-    from model.data import DataSet
 
 __all__ = ["Motion", "background", "make_synthetic", "render", "render_times", "split_times", "synthetic_data"]
 
@@ -272,8 +269,6 @@ def synthetic_data(config: TrainConfig) -> DataSet:
     config.val_vi_len poses), all from the dance seeded by config.synth_seed. Not config.seed: rerunning a config
     with other training seeds (`hpo top --seeds`, `hpo retrain --seeds`) must score it on the same data.
     """
-    from model.data import DataSet, Videos  # imported here: model.data imports this module lazily too
-
     h, w, seed = config.frame_h, config.frame_w, config.synth_seed
     motion = Motion.from_seed(seed)
     times = split_times(config.synth_train_frames, config.synth_val_videos, config.val_vi_len, 1, config.val_vi_len)

@@ -21,7 +21,7 @@ from torch import nn
 from model.checkpoint import save_checkpoint, save_json
 from model.clip import clip_loss, rollout
 from model.config import TrainConfig
-from model.data import DataSet, Videos
+from model.dataset import DataSet, Videos
 from model.device import autocast, flush_denormals, keep_freed_memory, resolve_device, time_chunk, to_input
 from model.errors import DivergedError
 from model.metrics import psnr
@@ -76,6 +76,11 @@ def stages(config: TrainConfig) -> list[tuple[str, str, float, int]]:
     if config.finetune_epochs:
         out.append(("finetune", config.finetune_optimizer, config.finetune_lr, config.finetune_epochs))
     return out
+
+
+def total_epochs(config: TrainConfig) -> int:
+    """Epochs of a whole run, every stage together (the pruners' resource, the progress bars' length)."""
+    return sum(n for *_, n in stages(config))
 
 
 def evaluate(

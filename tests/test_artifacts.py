@@ -14,19 +14,11 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 from PIL import Image
 
-from hpo.artifacts import (
-    ARTIFACTS_ENV,
-    PSNR_ATTR,
-    STRIP_COLUMNS,
-    artifact_store_for,
-    artifacts_dir,
-    frame_strip_png,
-    psnr_plot_png,
-    upload_trial_artifacts,
-)
+from hpo.artifacts import ARTIFACTS_ENV, PSNR_ATTR, artifact_store_for, artifacts_dir, upload_trial_artifacts
 from hpo.spec import load_spec
 from hpo.storage import open_storage
 from model.data import load_data
+from model.media import STRIP_COLUMNS, frame_strip_png, psnr_plot_png
 from model.train import train
 
 

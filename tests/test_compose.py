@@ -206,13 +206,13 @@ def test_worker_command_is_a_valid_hpo_run(env: dict[str, str], n_trials: int, m
     mounts = {target: ro for _, target, ro in volumes(worker)}
     assert mounts.get(args.data) is True, "the data set must be mounted read-only at --data"
     # The decode cache cannot live beside read-only data: it must be a writable mount.
-    cache_dir = parse_sets(args.set).get("cache_dir")
+    cache_dir = parse_sets(args.sets).get("cache_dir")
     assert cache_dir is not None and mounts.get(cache_dir) is False
     # The same validation `hpo run` does before touching the storage: spec, --set values, sampler options.
-    spec, overrides = prepare(
-        RunOptions(study=args.study, n_trials=args.n_trials, data=args.data, device=args.device, sets=args.set)
+    plan = prepare(
+        RunOptions(study=args.study, n_trials=args.n_trials, data=args.data, device=args.device, sets=args.sets)
     )
-    assert spec.name == "vp-bo" and overrides["device"] == "cuda"
+    assert plan.spec.name == "vp-bo" and plan.overrides["device"] == "cuda"
 
 
 def test_dashboard_command_listens_on_the_published_port_of_localhost(services: dict[str, Any]) -> None:

@@ -21,8 +21,9 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.budget import budget_counts
+from hpo.reaper import worker_of
 from hpo.samplers import SAMPLERS
-from hpo.storage import open_storage, worker_of
+from hpo.storage import open_storage
 
 pytestmark = pytest.mark.slow
 

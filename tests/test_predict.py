@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from hpo.cli import main
-from hpo.predict import write_submission
 from model.config import TrainConfig, to_toml
+from model.predict import write_submission
 from model.synth import make_synthetic
 
 TINY = dict(

@@ -128,7 +128,7 @@ def test_reproduce_command_recovers_overrides_and_masks_the_password() -> None:
     args = _run_parser().parse_args(shlex.split(line)[1:])
     assert args.study == "/elsewhere/my-spec.toml" and args.study_name == study.study_name
     assert args.sampler == "gp" and args.data == "/data/lab" and args.storage == "postgresql+psycopg://me:***@db/hpo"
-    assert parse_sets(args.set) == {"batch_size": 4, "lr_milestones": [2, 5]}
+    assert parse_sets(args.sets) == {"batch_size": 4, "lr_milestones": [2, 5]}
 
 
 def _edge_study() -> optuna.Study:

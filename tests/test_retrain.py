@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from hpo.cli import main
-from hpo.retrain import retrain, retrain_config, run_one
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig, to_toml
+from model.retrain import retrain, retrain_config, run_one
 from model.synth import synthetic_data
 
 TINY = dict(

@@ -21,7 +21,9 @@ from optuna.trial import TrialState
 from hpo.dbretry import PING_AFTER_IDLE_S
 from hpo.errors import StorageError
 from hpo.locks import study_lock
-from hpo.storage import DEFAULT_URL, backend_of, mask_url, open_storage, reap_stale, resolve_url
+from hpo.optuna_private import backend_of
+from hpo.reaper import reap_stale
+from hpo.storage import DEFAULT_URL, mask_url, open_storage, resolve_url
 from hpo.worker import run_worker
 from model.errors import UsageError
 

@@ -24,9 +24,12 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo.budget import _confirm_claim
-from hpo.storage import backend_of, open_storage, worker_of
-from hpo.worker import WorkerInterrupted, budget_counts, claim_trial, run_worker
+from hpo.budget import _confirm_claim, budget_counts, claim_trial
+from hpo.optuna_private import backend_of
+from hpo.reaper import worker_of
+from hpo.signals import WorkerInterrupted
+from hpo.storage import open_storage
+from hpo.worker import run_worker
 from model.errors import DivergedError
 
 WORKER = Path(__file__).parent / "workers" / "cheap_worker.py"

@@ -6,20 +6,19 @@ import argparse
 import json
 
 from hpo import results
-from hpo.storage import open_storage, resolve_url
+from hpo.commands.common import add_storage, add_study, load_study
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("best", parents=[common], help="show the best trial of a study")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+    add_study(p)
+    add_storage(p)
     p.add_argument("--json", action="store_true", help="print JSON (value, params, complete config)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    study = results.load(open_storage(resolve_url(args.storage)), args.study)
-    best = results.best_dict(study)
+    best = results.best_dict(load_study(args))
     if args.json:
         print(json.dumps(best, indent=1, sort_keys=True))
         return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hpo.predict import SUBMISSION, predict
+from hpo.commands.common import add_sets
 from model.config import parse_sets
+from model.predict import SUBMISSION, predict
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,18 +22,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--data", required=True, help="data set in the lab layout with a test split (test/test_img/K, ...)")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--poses", type=int, default=0, help="expected poses per test video, e.g. 630 (default: any)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="run settings over the checkpoint's config (device, cache_dir, seed); shape fields must match it",
-    )
+    add_sets(p, help="run settings over the checkpoint's config (device, cache_dir, seed); shape fields must match it")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = predict(args.checkpoint, args.data, args.out, parse_sets(args.set), args.poses)
+    result = predict(args.checkpoint, args.data, args.out, parse_sets(args.sets), args.poses)
     val = f"; val PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     print(
         f"wrote {result.submission} ({result.n_videos} videos x {result.n_poses} frames) and "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from hpo import results
-from hpo.errors import StudyError
+from hpo.commands.common import add_storage, add_study, load_study
 from hpo.report import write_report
-from hpo.storage import mask_url, open_storage, resolve_url
+from hpo.storage import mask_url, resolve_url
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -20,32 +19,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "curves, the best config's schedules and PSNR per frame, trial states and warnings, in one HTML file that "
         "opens offline.",
     )
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+    add_study(p)
+    add_storage(p)
     p.add_argument("-o", "--output", required=True, help="HTML file to write")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    url = resolve_url(args.storage)
-    study = results.load(open_storage(url, heartbeat=False), args.study)
-    try:
-        write_report(study, mask_url(url), args.output)
-    except OSError as exc:
-        raise StudyError(
-            f"cannot write {args.output!r} ({_why(Path(args.output), exc)}): choose a writable file with -o"
-        ) from None
+    study = load_study(args, heartbeat=False)
+    write_report(study, mask_url(resolve_url(args.storage)), args.output)
     st = results.status(study)
     best = f"best {st.best_value:.4f} dB (trial {st.best_number})" if st.best_value is not None else "no finished trial"
     print(f"wrote {args.output}: study {study.study_name}, {sum(st.counts.values())} trials, {best}")
     return 0
-
-
-def _why(path: Path, exc: OSError) -> str:
-    """The reason a write failed, naming a parent that is a file (mkdir's own "File exists" misleads)."""
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, not a folder"
-            break
-    return exc.strerror or str(exc)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hpo.progress import EpochBar
-from hpo.retrain import DEFAULT_OUT, RetrainReport, RunReport, retrain, retrain_config
-from model.config import TrainConfig
-from model.train import EpochHook, stages
+from hpo.commands.common import add_sets
+from hpo.progress import RunBars
+from model.retrain import DEFAULT_OUT, retrain, retrain_config
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,54 +23,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seeds", type=int, default=1, help="runs with seeds seed, seed+1, ... in OUT/seed-N (default 1)")
     p.add_argument("--out", help=f"output folder (default: the file's `out`, else {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run(s) in --out from last.pt after a crash")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field (repeatable)")
+    add_sets(p)
     p.set_defaults(func=run)
 
 
-class RunBars:
-    """A hook factory for a sequence of runs: one progress bar per run, the previous one closed first."""
-
-    def __init__(self, quiet: bool, lines: bool = True) -> None:
-        self.quiet, self.lines = quiet, lines
-        self.bar: EpochBar | None = None
-
-    def __call__(self, label: str, config: TrainConfig, done: int = 0) -> EpochHook:
-        self.close()
-        total = sum(n for *_, n in stages(config))
-        self.bar = EpochBar(total, label, quiet=self.quiet, lines=self.lines)
-        self.bar.bar.update(done)  # a resumed run starts where its last.pt left off
-        return self.bar
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _run_line(r: RunReport) -> str:
-    parts = [
-        f"{name}: {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, val PSNR {s['final_val_psnr']:.2f} dB "
-        f"(best {s['best_val_psnr']:.2f} at epoch {s['best_epoch'] + 1})"
-        for name, s in r.stages.items()
-    ]
-    resumed = f" (resumed after epoch {r.resumed_from + 1})" if r.resumed_from is not None else ""
-    return f"seed {r.seed}{resumed}: " + "; ".join(parts) + f"; outputs in {r.out}"
-
-
 def run(args: argparse.Namespace) -> int:
-    config = retrain_config(args.config, args.set, args.epochs, args.out)
+    config = retrain_config(args.config, args.sets, args.epochs, args.out)
     bars = RunBars(args.quiet)
     try:
-        report: RetrainReport = retrain(
-            config,
-            seeds=args.seeds,
-            resume=args.resume,
-            hook_factory=lambda config, done: bars(f"seed {config.seed}", config, done),
-        )
+        report = retrain(config, args.seeds, args.resume, lambda c, done: bars(f"seed {c.seed}", c, done))
     finally:
         bars.close()
     for r in report.runs:
-        print(_run_line(r))
+        print(r.line())
     if report.seeds_json is not None:
         n = len(report.runs)
         print(f"val PSNR over {n} seeds: {report.mean:.2f} ± {report.std:.2f} dB (mean ± std); {report.seeds_json}")

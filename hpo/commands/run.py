@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpo.commands.common import add_sets, add_storage
+from hpo.pruners import PRUNERS
 from hpo.run import RunOptions, run_study
+from hpo.samplers import SAMPLERS
+from hpo.signals import WorkerInterrupted
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,45 +23,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--study", required=True, help="spec name in studies/ (e.g. vp-bo) or a path to a spec .toml")
     p.add_argument("--n-trials", type=int, default=50, help="the study's global budget of finished trials")
-    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
-    p.add_argument("--sampler", help="tpe | gp | skopt | cmaes | random | qmc (default: the spec's)")
-    p.add_argument("--pruner", help="hyperband | median | none (default: the spec's)")
+    add_storage(p)
+    p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} (default: the spec's)")
+    p.add_argument("--pruner", help=f"{' | '.join(PRUNERS)} (default: the spec's)")
     p.add_argument("--data", help="data set root in the lab layout (default: built-in synthetic set)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, help="study seed (default: the spec's)")
     p.add_argument("--timeout", type=float, help="stop this worker after SEC seconds (between trials)")
     p.add_argument("--profile", help="spec profile to apply (default: small without --data, none with it)")
     p.add_argument("--study-name", help="store the study under this name instead of the spec's")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a fixed TrainConfig field of every trial (repeatable)",
-    )
+    add_sets(p, help="override a fixed TrainConfig field of every trial (repeatable)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpo.worker import WorkerInterrupted
-
-    opts = RunOptions(
-        study=args.study,
-        n_trials=args.n_trials,
-        storage=args.storage,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        data=args.data,
-        device=args.device,
-        seed=args.seed,
-        timeout=args.timeout,
-        sets=args.set,
-        study_name=args.study_name,
-        profile=args.profile,
-        quiet=args.quiet,
-    )
     try:
-        summary = run_study(opts)
+        summary = run_study(RunOptions.from_args(args))
     except WorkerInterrupted as exc:
         print(f"interrupted: the running trial was marked FAIL (interrupted) and re-queued; exit {exc.exit_code}")
         return exc.exit_code

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 
 from hpo import results
-from hpo.storage import mask_url, open_storage, reap_stale, resolve_url
+from hpo.commands.common import add_storage, add_study
+from hpo.reaper import reap_stale
+from hpo.storage import mask_url, open_storage, resolve_url
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", parents=[common], help="trials by state, best PSNR and running trials per study")
-    p.add_argument("--study", help="only this study (default: every study in the storage)")
-    p.add_argument("--storage", help="storage URL (default: $HPO_STORAGE, else sqlite:///hpo.db)")
+    add_study(p, required=False, help="only this study (default: every study in the storage)")
+    add_storage(p)
     p.set_defaults(func=run)
 
 
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"storage {mask_url(url)}: {len(names)} stud{'y' if len(names) == 1 else 'ies'}")
     for name in names:
         study = results.load(storage, name)
-        reaped = reap_stale(study)  # Optuna reaps only when a live worker starts a trial (DESIGN §7)
+        reaped = reap_stale(study)  # Optuna reaps only when a live worker starts a trial
         st = results.status(study)
         counts = ", ".join(f"{k.lower()} {v}" for k, v in st.counts.items() if v)
         best = f"{st.best_value:.2f} dB (trial {st.best_number})" if st.best_value is not None else "-"

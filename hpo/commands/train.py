@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from hpo.commands.common import add_sets
 from hpo.progress import EpochBar
 from model.config import load_config
 from model.data import load_data
 from model.metrics import copy_last_psnr
-from model.train import stages, train
+from model.train import total_epochs, train
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,23 +22,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "(default runs/train).",
     )
     p.add_argument("config", nargs="?", help="TrainConfig TOML file (e.g. one written by `hpo export`)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field (repeatable)")
+    add_sets(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.sets)
     if not config.out:
         config = config.replace(out="runs/train")
     data = load_data(config)
-    total = sum(n for *_, n in stages(config))
     if not args.quiet:
         print(
             f"data {data.source}: {data.train.frames.shape[0]} clips, {data.val.frames.shape[0]} val videos; "
             f"copy-last-frame baseline {copy_last_psnr(data.val.frames):.2f} dB; device {config.device}; "
             f"out {config.out}"
         )
-    bar = EpochBar(total, "train", quiet=args.quiet, lines=True)
+    bar = EpochBar(total_epochs(config), "train", quiet=args.quiet, lines=True)
     try:
         result = train(config, data, on_epoch=bar)
     finally:

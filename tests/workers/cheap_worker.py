@@ -19,8 +19,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from hpo.errors import StorageError
+from hpo.signals import WorkerInterrupted
 from hpo.storage import open_storage
-from hpo.worker import WorkerInterrupted, run_worker
+from hpo.worker import run_worker
 
 SPACE = {
     "x": FloatDistribution(-5.0, 5.0),

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpo.media import to_uint8, write_gif
 from model.checkpoint import MODEL_SHAPE_FIELDS, atomic_write_bytes, config_of, load_checkpoint, model_from_checkpoint
 from model.clip import rollout
 from model.config import TrainConfig
-from model.data import DataSet, load_data
+from model.data import load_data
+from model.dataset import DataSet
 from model.device import autocast, resolve_device, time_chunk, to_input
 from model.errors import CheckpointError, DataError, UsageError
+from model.media import to_uint8, write_gif
 from model.net import CVAE
 from model.train import evaluate
 

@@ -8,7 +8,7 @@ One run writes into its `out` folder:
 - `metrics.json`: per-epoch loss, beta, teacher forcing, val PSNR and stage, a summary per stage (main,
   fine-tune), and the final and best val PSNR;
 - from the best checkpoint: `psnr_per_frame.png`, `val.gif` (predicted validation video beside the true one)
-  and, when the data has a test split, `submission.csv` and `test-<id>.gif` (see hpo.predict).
+  and, when the data has a test split, `submission.csv` and `test-<id>.gif` (see model.predict).
 
 `--seeds K` makes K such runs with seeds seed, seed+1, ... in out/seed-N and writes `seeds.json` with the
 mean and standard deviation of their final val PSNR (the tuning playbook: rerun the best config with a few
@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from hpo.media import write_gif, write_psnr_plot
-from hpo.objective import DataCache
-from hpo.predict import check_fields, ensure_writable_dir, write_test_outputs
 from model.checkpoint import config_of, load_checkpoint, model_from_checkpoint, save_json
 from model.config import TrainConfig, load_config
-from model.data import DataSet
+from model.data import DataCache
+from model.dataset import DataSet
 from model.errors import UsageError
+from model.media import write_gif, write_psnr_plot
+from model.predict import check_fields, ensure_writable_dir, write_test_outputs
 from model.train import EpochHook, evaluate, train
 
 __all__ = [
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = "runs/retrain"
 # Run settings a resumed run may change (a moved data set, another GPU); every other field must match the
 # checkpoint's, or the resumed run would not be the run it continues.
-RESUME_FREE_FIELDS = ("out", "data", "cache_dir", "device", "compile", "time_chunk", "num_workers", "keep_best")
+RESUME_FREE_FIELDS = ("out", "data", "cache_dir", "device", "compile", "time_chunk", "keep_best")
 
 HookFactory = Callable[[TrainConfig, int], EpochHook]  # (config, epochs already done) -> per-epoch hook
 
@@ -68,6 +68,16 @@ class RunReport:
     resumed_from: int | None  # epoch of the last.pt this run continued from (0-based), None for a fresh run
     stages: dict[str, dict[str, Any]]
     files: list[Path] = field(default_factory=list)  # pictures and submission written at the end
+
+    def line(self) -> str:
+        """One line per run: each stage's epochs and val PSNR, and where its outputs are."""
+        parts = [
+            f"{name}: {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, val PSNR {s['final_val_psnr']:.2f} dB "
+            f"(best {s['best_val_psnr']:.2f} at epoch {s['best_epoch'] + 1})"
+            for name, s in self.stages.items()
+        ]
+        resumed = f" (resumed after epoch {self.resumed_from + 1})" if self.resumed_from is not None else ""
+        return f"seed {self.seed}{resumed}: " + "; ".join(parts) + f"; outputs in {self.out}"
 
 
 @dataclass
