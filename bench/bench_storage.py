@@ -395,7 +395,8 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         "the crash detection."
     )
     notes.append(
-        "- 2 workers: the claim (lock, count, sampler) is serialised across workers by design (DESIGN §6); "
+        "- 2 workers: the claim (lock, count, sampler) is serialised across workers by design "
+        "(docs/ARCHITECTURE.md, 'The worker protocol'); "
         "with 1 s trials its tens of ms keep the speed-up a little under 2x."
     )
     notes.append(

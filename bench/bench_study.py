@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from common import HEADER, RESULTS, loadavg, machine
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Studies (issue 3)"
-HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
 SAMPLERS = ("tpe", "gp", "skopt", "random")
 RETRAIN_SEEDS = 4  # a study's best config is retrained with its seed and the next three (`hpo top --seeds 4`)
 
@@ -105,20 +104,13 @@ def copy_last_baseline() -> float:
     return float(copy_last_psnr(synthetic_data(config).val.frames))
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def study_machine() -> str:
     import torch
 
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"optuna {optuna.__version__}, Python {platform.python_version()}"
+    return machine(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"optuna {optuna.__version__}",
+        f"Python {platform.python_version()}",
     )
 
 
@@ -290,7 +282,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         for part in parts:
             started = time.perf_counter()
-            load = os.getloadavg()
+            load = loadavg()
             if part == "main":
                 body = part_main(Path(tmp))
             elif part == "pruning":
@@ -305,9 +297,8 @@ def main() -> None:
             header = [
                 f"Command: `{cmd}`  ",
                 f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
-                f"Machine: {machine()}  ",
-                f"Load average before / after: {' '.join(f'{x:.2f}' for x in load)} / "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; part took "
+                f"Machine: {study_machine()}  ",
+                f"Load average before / after: {load} / {loadavg()}; part took "
                 f"{(time.perf_counter() - started) / 60:.1f} min",
                 "",
             ]

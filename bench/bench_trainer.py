@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import functools
 import math
 import os
 import platform
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS, loadavg, machine, publish, run_facts, section_header, verdict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -57,9 +55,7 @@ from model.net import CVAE
 from model.synth import make_synthetic
 from model.train import evaluate, make_optimizer, seed_everything, train
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Trainer (issue 2)"
-HEADER = "# Benchmarks\n\nEach section is written by the script it names, with the command and machine it ran on.\n"
 BETA = 1.0  # KL weight during timing: its value does not change the work done
 FTZ_TEMPLATE = "template + flush denormals (TF on), reference"  # a CPU-only row: what the flag alone is worth
 # Targets of issue 2: (ours / template) speed-ups, the bf16 PSNR tolerance and the data-loading share.
@@ -365,45 +361,21 @@ def psnr_check(device: torch.device, quick: bool) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------------------------
 
 
-def machine(device: torch.device) -> str:
-    model_name = next(
-        (line.split(":", 1)[1].strip() for line in _lscpu().splitlines() if line.startswith("Model name")),
-        platform.processor() or "unknown CPU",
-    )
-    text = (
-        f"{model_name}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads, CPU capability {torch.backends.cpu.get_cpu_capability()}), Python {platform.python_version()}"
+def trainer_machine(device: torch.device) -> str:
+    text = machine(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()})",
+        f"Python {platform.python_version()}",
     )
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
 
 
-def _lscpu() -> str:
-    try:
-        return subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:  # no lscpu (not Linux): fall back to platform.processor()
-        return ""
-
-
-def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
-    ok = value >= target if higher_is_better else value <= target
-    return "**met**" if ok else "**missed**"
-
-
 def report(r: dict[str, Any]) -> str:
     """The markdown section (table, targets, notes) from the collected results."""
-    lines = [
-        SECTION,
-        "",
-        f"Command: `{r['command']}`  ",
-        f"Date: {r['date']}  ",
-        f"Machine: {r['machine']}  ",
-        f"Load (uptime) before / after: {r['load_before']} / {r['load_after']} (2 cores shared with other "
-        "engineers' jobs: expect noise; rounds are interleaved so it hits both sides)  ",
-        f"Wall time of the whole run: {r['wall_s'] / 60:.1f} min",
-        "",
-    ]
+    note = "2 cores shared with other engineers' jobs: expect noise; rounds are interleaved so it hits both sides"
+    lines = section_header(SECTION, r, note)
     for dev in r["devices"]:
         d = r[dev]
         c = d["ceil"]
@@ -482,18 +454,6 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of RESULTS.md (up to the next `## ` heading), keeping the others."""
-    text = path.read_text() if path.exists() else HEADER
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     targets, notes = [], []
     for dev in r["devices"]:
@@ -510,7 +470,7 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
             ratio = v["speedup"][0]
             targets.append(
                 f"- {dev.upper()} {v['name']}: {ratio:.2f}x vs template, target >= {goal:.1f}x: "
-                f"{verdict(ratio, goal)} ({100 * (ratio / goal - 1):+.0f}%)"
+                f"{verdict(ratio >= goal)} ({100 * (ratio / goal - 1):+.0f}%)"
             )
             tmpl = by_name[f"template (TF {'on' if tf else 'off'})"]
             ideal = tmpl["flops"] / v["flops"]
@@ -541,7 +501,7 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         share = d["data"]["share"]
         targets.append(
             f"- {dev.upper()} data loading share {100 * share:.3f}% < {100 * DATA_SHARE_MAX:.0f}%: "
-            f"{verdict(share, DATA_SHARE_MAX, higher_is_better=False)}"
+            f"{verdict(share <= DATA_SHARE_MAX)}"
         )
     if "cuda" not in r["devices"]:
         targets.append(f"- GPU >= {TARGET_GPU:.0f}x with teacher forcing: not run (no GPU in this session)")
@@ -549,7 +509,7 @@ def targets_and_notes(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     diff = abs(p["bf16"] - p["fp32"])
     targets.append(
         f"- bf16 val PSNR within {PSNR_TOL_DB} dB of fp32: |{p['bf16']:.2f} - {p['fp32']:.2f}| = "
-        f"{diff:.2f} dB: {verdict(diff, PSNR_TOL_DB, higher_is_better=False)}"
+        f"{diff:.2f} dB: {verdict(diff <= PSNR_TOL_DB)}"
     )
     return targets, notes
 
@@ -652,12 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}
-    r: dict[str, Any] = {
-        "command": "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]] if argv is None else argv),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "devices": devices[args.device],
-    }
+    r: dict[str, Any] = {**run_facts(argv), "devices": devices[args.device]}
     for dev in r["devices"]:
         r[dev] = bench_device(torch.device(dev), args)
     r["psnr_device"] = "cuda" if "cuda" in r["devices"] else "cpu"
@@ -666,16 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     r |= {
         "rss": peak_rss_mib(),
         "wall_s": time.perf_counter() - started,
-        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_after": loadavg(),
     }
-    r["machine"] = machine(torch.device(r["devices"][-1]))
+    r["machine"] = trainer_machine(torch.device(r["devices"][-1]))
     r["targets"], r["notes"] = targets_and_notes(r)
-    section = report(r)
-    print("\n" + section)
-    path = args.results or (None if args.quick else RESULTS)
-    if path is not None:
-        write_section(path, section)
-        print(f"wrote {path}")
+    publish(report(r), args.results or (None if args.quick else RESULTS), SECTION)
     return 0 if math.isfinite(r["psnr"]["fp32"]) else 1
 
 

@@ -1,4 +1,4 @@
-"""Trial and study artifacts (DESIGN §8): where they live, and the two images every finished trial gets.
+"""Trial and study artifacts: where they live, and the two images every finished trial gets.
 
 Optuna keeps only references to artifacts in the storage; the files go to an artifact store. Ours is a
 `FileSystemArtifactStore` whose folder follows from the storage URL, so `hpo run`, `hpo dashboard` and
@@ -11,6 +11,8 @@ Optuna keeps only references to artifacts in the storage; the files go to an art
 
 Artifacts attach to a trial only while it is RUNNING, so `upload_trial_artifacts` runs inside the objective
 (its `after_train` hook), after training and before the trial is told its value.
+
+See docs/ARCHITECTURE.md, "Outputs".
 """
 
 from __future__ import annotations

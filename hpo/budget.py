@@ -1,10 +1,12 @@
-"""Claiming a slot of a study's global budget (DESIGN §6), atomically across every worker.
+"""Claiming a slot of a study's global budget, atomically across every worker.
 
 `n_trials` is the study's budget across all workers: the study ends with exactly N trials COMPLETE or PRUNED
 (FAIL does not count; a retried trial that finishes does). Optuna's `MaxTrialsCallback` checks after a trial
 ends, so N workers overshoot by up to N-1. Here a worker claims its slot before it starts: under the study
 lock (`hpo.locks`) it counts COMPLETE+PRUNED+RUNNING and, if below N, creates the trial and runs the sampler,
 so the next worker's sampler already sees the new RUNNING trial and its params (constant liar).
+
+See docs/ARCHITECTURE.md, "The worker protocol".
 """
 
 from __future__ import annotations

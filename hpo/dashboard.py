@@ -1,4 +1,4 @@
-"""`hpo dashboard`: optuna-dashboard on the study storage, with the trials' artifacts (DESIGN §8).
+"""`hpo dashboard`: optuna-dashboard on the study storage, with the trials' artifacts (docs/ARCHITECTURE.md, "Outputs").
 
 optuna-dashboard does the serving; this module only checks that the address is free first (so a busy port is
 one line, not a traceback from inside the server) and builds the URL to print.

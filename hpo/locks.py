@@ -1,10 +1,12 @@
-"""One lock per study across every worker process, so that claiming a budget slot is atomic (DESIGN §6).
+"""One lock per study across every worker process, so that claiming a budget slot is atomic.
 
 PostgreSQL: a session advisory lock keyed on the study name, held on a connection of its own (it dies with
 the connection, so a crashed worker never leaves it behind). SQLite and journal files: a `filelock` next to the
 file (flock, also released by the kernel when a process dies). In-memory storages: a process-local lock.
 
 Optuna has no cross-process lock of its own to lend, hence this module.
+
+See docs/ARCHITECTURE.md, "The worker protocol".
 """
 
 from __future__ import annotations

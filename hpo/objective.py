@@ -16,7 +16,8 @@ from model.data import DataCache
 from model.dataset import DataSet
 from model.train import EpochHook, TrainResult, total_epochs, train
 
-# Per-epoch curves kept as user attrs (small lists of floats: large attrs slow the dashboard, DESIGN §8).
+# Per-epoch curves kept as user attrs: small lists of floats, since large attrs slow the dashboard
+# (docs/ARCHITECTURE.md, "Outputs").
 CURVES = ("train_loss", "beta", "tfr", "val_psnr")
 
 
@@ -28,7 +29,7 @@ class Objective:
         overrides: CLI `--set`/`--data`/`--device` values applied on top of every trial's config.
         epoch_hook_factory: optional, makes a per-trial progress hook `(trial, total_epochs) -> EpochHook`.
         after_train: optional, called with (trial, config, data, result) while the trial is still RUNNING
-            (artifacts attach only to running trials, DESIGN §8).
+            (artifacts attach only to running trials, docs/ARCHITECTURE.md, "Optuna facts the code relies on").
     """
 
     def __init__(

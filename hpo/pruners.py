@@ -1,7 +1,9 @@
-"""Pruners by name (DESIGN §6): a spec's `[pruner]` name and options become an Optuna pruner.
+"""Pruners by name: a spec's `[pruner]` name and options become an Optuna pruner.
 
 The resource is the epoch: the objective reports val PSNR once per epoch at step = epochs trained so far
 (1, 2, ...), so `min_resource`/`max_resource` are numbers of epochs.
+
+See docs/ARCHITECTURE.md, "Samplers and pruners".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`hpo report`: one self-contained HTML page about a study (DESIGN §8, the tuning playbook's checklist).
+"""`hpo report`: one self-contained HTML page about a study.
 
 Sections: summary (spec, storage, sampler, pruner, trials by state, best PSNR and params, the command that
 reproduces the study), warnings (best value on a search-space edge, failed trials), optimization history,
@@ -6,6 +6,8 @@ parameter importances, parallel coordinates, one slice plot per parameter, learn
 highlighted, the best config's schedules, its PSNR per frame, and trial states with fail reasons.
 
 The page opens offline: plotly.js is inlined once in <head> and every figure is a div that uses it.
+
+See docs/ARCHITECTURE.md, "Outputs" (the tuning playbook's checklist).
 """
 
 from __future__ import annotations

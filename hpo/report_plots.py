@@ -1,7 +1,9 @@
-"""The figures of `hpo report` (DESIGN §8): Optuna's own plots where it has one, plotly for the rest.
+"""The figures of `hpo report`: Optuna's own plots where it has one, plotly for the rest.
 
 Every builder returns a `plotly.graph_objects.Figure`, or raises `NoPlot` with the reason a reader should see
 in the figure's place (too few trials, nothing recorded yet).
+
+See docs/ARCHITECTURE.md, "Outputs".
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Samplers by name (DESIGN §6): one factory turns a spec's `[sampler]` name and options into an Optuna sampler.
+"""Samplers by name: one factory turns a spec's `[sampler]` name and options into an Optuna sampler.
 
 Every sampler is seeded; parallel workers get distinct seeds from `worker_seed` (the same TPE seed on every
 worker gave identical first trials). scikit-optimize is one more Optuna sampler (`hpo.skopt_sampler`).
+
+See docs/ARCHITECTURE.md, "Samplers and pruners".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scikit-optimize's Gaussian-process optimizer as an Optuna sampler (DESIGN §6).
+"""scikit-optimize's Gaussian-process optimizer as an Optuna sampler (docs/ARCHITECTURE.md, "Samplers and pruners").
 
 optuna-integration 5 no longer ships a `SkoptSampler`, so this module is one: a `BaseSampler` whose relative
 search space (the intersection of the finished trials' distributions) is searched by `skopt.Optimizer` with a
@@ -194,8 +194,8 @@ class SkoptSampler(BaseSampler):
             random_state=random_state,
             acq_optimizer_kwargs={"n_points": self._n_points, "n_restarts_optimizer": self._n_starts, "n_jobs": 1},
         )
-        # One BLAS thread: the matrices are tiny, and threaded OpenBLAS made scipy's L-BFGS-B 40x slower on a
-        # busy 2-core machine (0.17 ms vs 7.4 ms per evaluation, measured).
+        # One BLAS thread: the matrices are tiny, and threaded OpenBLAS made scipy's L-BFGS-B far slower on a
+        # busy 2-core machine (bench/RESULTS.md, "Measurements behind code choices").
         with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             # skopt swaps a repeated proposal for a random point and says so; kernel-bound warnings are expected.
             warnings.filterwarnings("ignore", message="The objective has been evaluated at")

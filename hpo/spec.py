@@ -1,8 +1,9 @@
-"""Study specs (`studies/NAME.toml`, DESIGN §6): parsed and validated against TrainConfig before anything runs.
+"""Study specs (`studies/NAME.toml`): parsed and validated against TrainConfig before anything runs.
 
 A spec names the study, its sampler and pruner (with options), the fixed TrainConfig fields of every trial,
 the search space (TrainConfig field -> distribution), warm-start configs to enqueue, and profiles: named
 overrides of `fixed`, `space`, `enqueue` and `pruner` (the `small` profile is what runs when no data set is given).
+See docs/ARCHITECTURE.md, "Study specs".
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from model.errors import ConfigError
 log = logging.getLogger(__name__)
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-# Run settings are never searched (DESIGN §3): they say where and how, not what.
+# Run settings are never searched (docs/ARCHITECTURE.md, "The trainer seam"): they say where and how, not what.
 RUN_SETTINGS = {
     "data",
     "cache_dir",
@@ -230,7 +231,10 @@ def _check_enqueued(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _warn_cycle(spec: StudySpec) -> None:
-    """DESIGN §4: M >= T makes every Cyclical period one epoch, i.e. beta == 0; say so when the space allows it."""
+    """M >= T makes every Cyclical period one epoch, i.e. beta == 0; say so when the space allows it.
+
+    See docs/ARCHITECTURE.md, "Schedules".
+    """
     epochs = spec.fixed.get("epochs", TrainConfig.epochs)
     d = spec.space.get("kl_anneal_cycle")
     high = d.high if isinstance(d, IntDistribution) else spec.fixed.get("kl_anneal_cycle", TrainConfig.kl_anneal_cycle)

@@ -1,4 +1,4 @@
-"""Convolutional building blocks of the lab template (DESIGN §3). All keep full resolution."""
+"""Convolutional building blocks of the lab template (docs/ARCHITECTURE.md, "Model"). All keep full resolution."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class ConvFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The two halves of `conv` as two convs over its weight halves: the same maths and parameters as
         # `self.conv(x).chunk(2, dim=1)`, but each half is a dense tensor. Chunking one output splits the
-        # channel dim, and in channels_last its backward is a channel-interleaving cat (measured here: ~7% of
-        # a batched training step on the CPU).
+        # channel dim, and in channels_last its backward is a channel-interleaving cat, a visible share of a
+        # batched training step on the CPU (bench/RESULTS.md, "Measurements behind code choices").
         w_a, w_b = self.conv.weight.chunk(2, dim=0)
         b_a, b_b = (None, None) if self.conv.bias is None else self.conv.bias.chunk(2)
         a, b = F.conv2d(x, w_a, b_a), F.conv2d(x, w_b, b_b)

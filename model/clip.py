@@ -1,4 +1,4 @@
-"""One clip's loss and one video's rollout, batched over time (DESIGN §3).
+"""One clip's loss and one video's rollout, batched over time (docs/ARCHITECTURE.md, "Model").
 
 Shapes: B = batch, L = frames per clip, S = L - 1 predicted steps. Tensors are time-major inside
 ((S, B, C, H, W)) so that flattening the first two dims gives step-major order.
@@ -27,7 +27,7 @@ def chunked(fn: Callable[..., Any], chunk: int, *xs: torch.Tensor) -> Any:
     """fn over dim-0 chunks of `xs` (same length), concatenated (per element if fn returns a tuple);
     chunk <= 0 means one call.
 
-    Small chunks keep the CPU's working set in cache (DESIGN §3: ~8 samples is the sweet spot).
+    Small chunks keep the CPU's working set in cache (docs/ARCHITECTURE.md, "Model"; bench/RESULTS.md measures it).
     """
     n = xs[0].shape[0]
     if chunk <= 0 or n <= chunk:
@@ -91,9 +91,9 @@ def clip_loss(
         pred = chunked(model.decode, chunk, prev_feat.flatten(0, 1), pose_feat.flatten(0, 1), z.flatten(0, 1))
         pred = pred.unflatten(0, (s, b))  # (S, B, 3, H, W)
     else:
-        # Chunked calls mean big maps (DESIGN §3: 32x64 at default dims on the CPU), where FLOPs, not calls, set
-        # the pace: a second forward costs more than batching the backward saves (5.9 -> 7.9 s a step, measured
-        # here). So the decoder path runs step by step with its graph, as the template's does.
+        # Chunked calls mean big maps (32x64 at default dims on the CPU), where FLOPs, not calls, set the pace: a
+        # second forward costs more than batching the backward saves (bench/RESULTS.md). So the decoder path runs
+        # step by step with its graph, as the template's does (docs/ARCHITECTURE.md, "Model").
         preds, prev = [], x[0]
         for t in range(s):
             pred_t = model.decode(model.frame_enc(prev), pose_feat[t], z[t])  # (B, 3, H, W)

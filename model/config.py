@@ -46,14 +46,14 @@ class TrainConfig:
     l_dim: int = 32  # pose-encoder output channels (even)
     n_dim: int = 12  # latent channels (multiple of 4)
     d_out_dim: int = 192  # decoder-fusion output channels (multiple of 8)
-    # --- teacher forcing (DESIGN §4) ----------------------------------------------
+    # --- teacher forcing (docs/ARCHITECTURE.md, "Schedules") ----------------------------------------------
     tfr: float = 1.0  # initial teacher-forcing ratio, in [0, 1]
     tfr_sde: int = 10  # epoch at which the ratio starts to decay (>= 0)
     tfr_d_step: float = 0.1  # ratio lost per epoch after tfr_sde (>= 0)
     tf_granularity: str = "epoch"  # draw teacher forcing once per "epoch" or per "batch"
     feedback_clamp: bool = True  # without teacher forcing, feed back predictions clamped to [0, 1] as evaluation
     # does (False: the template's raw feedback, which can blow up to inf/NaN within one clip at large lr)
-    # --- KL annealing (DESIGN §4) -------------------------------------------------
+    # --- KL annealing (docs/ARCHITECTURE.md, "Schedules") -------------------------------------------------
     kl_anneal_type: str = "Cyclical"  # Cyclical | Monotonic | None
     kl_anneal_cycle: int = 10  # number of cycles over the run (M, >= 1)
     kl_anneal_ratio: float = 1.0  # share of a cycle spent ramping beta up (R, > 0)

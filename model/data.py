@@ -1,4 +1,4 @@
-"""Data sets in the lab layout (DESIGN §5): scan, validate, decode once, serve uint8 tensors.
+"""Data sets in the lab layout (docs/ARCHITECTURE.md, "Data"): scan, validate, decode once, serve uint8 tensors.
 
     ROOT/train/train_img/frameN.png   ROOT/train/train_label/frameN.png   (pose image of the same name)
     ROOT/val/val_img/frameN.png       ROOT/val/val_label/frameN.png

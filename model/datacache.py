@@ -1,4 +1,4 @@
-"""Decode PNGs once into a uint8 .npy cache that every later load memory-maps (DESIGN §5).
+"""Decode PNGs once into a uint8 .npy cache that every later load memory-maps (docs/ARCHITECTURE.md, "Data").
 
 A cache file holds the decoded, resized images of one ordered file list as (N, 3, H, W) uint8. Its name
 carries a key hashed from the files' names, sizes and mtimes and the frame size, so any change selects a

@@ -97,8 +97,8 @@ def keep_freed_memory() -> bool:
 def time_chunk(config: TrainConfig, device: torch.device) -> int:
     """Samples per batched call over time.
 
-    On the CPU, chunks of 8 keep full-size (32x64, default dims) feature maps in cache (DESIGN §3); small
-    frames fit anyway, and one call is cheaper there. On a GPU the whole clip goes in one call.
+    On the CPU, chunks of 8 keep full-size (32x64, default dims) feature maps in cache (docs/ARCHITECTURE.md,
+    "Model"); small frames fit anyway, and one call is cheaper there. On a GPU the whole clip goes in one call.
     """
     if config.time_chunk:
         return config.time_chunk

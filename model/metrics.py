@@ -1,4 +1,4 @@
-"""Loss terms and PSNR (DESIGN §3). Pure tensor functions."""
+"""Loss terms and PSNR (docs/ARCHITECTURE.md, "Model"). Pure tensor functions."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""The conditional VAE of the lab template (DESIGN §3): encoders, Gaussian predictor, decoder, generator.
+"""The conditional VAE of the lab template: encoders, Gaussian predictor, decoder, generator.
 
 `CVAE.step` is the template's per-frame forward; the trainer uses the same modules batched over time
 (`model/clip.py`), which is the same maths with far fewer kernel launches.
+
+See docs/ARCHITECTURE.md, "Model".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""From a checkpoint to the lab's submission: roll out every test video and write `submission.csv` (DESIGN §8).
+"""From a checkpoint to the lab's submission: roll out every test video and write `submission.csv`.
 
 A test video is its first frame and P pose images (P = 630 on the lab data; pose 0 belongs to the first
 frame). The model predicts frames 1..P-1 from the first frame, z drawn from the prior with a generator
@@ -7,6 +7,8 @@ seeded by the config's seed, exactly as validation does, so a prediction depends
 `submission.csv` (the lab's Kaggle format): a header `id,0,1,...,D-1` with D = 3*H*W (6144 at 32x64), then
 one row per frame of every test video in order (the given first frame, then the P-1 predictions): the
 running frame number, then the frame's (3, H, W) values flattened in C order as integers in 0..255.
+
+See docs/ARCHITECTURE.md, "Outputs".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Teacher-forcing ratio and KL beta per epoch (DESIGN §4): pure functions of (config, t).
+"""Teacher-forcing ratio and KL beta per epoch (docs/ARCHITECTURE.md, "Schedules"): pure functions of (config, t).
 
 t is the 0-based epoch and T = config.epochs, the length of the main stage.
 """

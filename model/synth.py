@@ -1,4 +1,4 @@
-"""The built-in synthetic dance data set (DESIGN §5), rendered with numpy.
+"""The built-in synthetic dance data set (docs/ARCHITECTURE.md, "Data"), rendered with numpy.
 
 A jointed stick figure dances: every joint angle is a sum of a few seeded sinusoids and the root sways
 across the frame. The pose image is the figure's colored skeleton on black; the frame is the same figure

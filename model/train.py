@@ -1,6 +1,8 @@
-"""The trainer: one plain epoch loop with one hook, `on_epoch(epoch, metrics)` (DESIGN §2–§4).
+"""The trainer: one plain epoch loop with one hook, `on_epoch(epoch, metrics)`.
 
 The hook may raise (e.g. optuna's TrialPruned) to stop training; the exception propagates unchanged.
+
+See docs/ARCHITECTURE.md, "The trainer seam".
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(name: str, params: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:
     # fused: one kernel over all parameters instead of ~15 ops per parameter tensor (torch's CPU default is that
-    # per-tensor loop). Adam on the small profile's model (206 tensors): 8.1 -> 1.2 ms a step, ~5% of the step.
+    # per-tensor loop), a few percent of the small profile's step
+    # (bench/RESULTS.md, "Measurements behind code choices").
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if name == "Adam":
@@ -228,7 +231,7 @@ def _train_epoch(
     ratio, beta = teacher_forcing_ratio(config, epoch), kl_beta(config, epoch)
     n_clips = clips.frames.shape[0]
     order = torch.randperm(n_clips, generator=cpu_gen)[: max(1, int(n_clips * config.partial))]
-    use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)  # once per epoch (DESIGN §4)
+    use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)  # once per epoch (docs/ARCHITECTURE.md, "Schedules")
     sums = {"train_loss": 0.0, "mse": 0.0, "kl": 0.0}
     n_batches, n_tf = 0, 0
     for i in range(0, len(order), config.batch_size):

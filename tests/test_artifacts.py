@@ -1,4 +1,7 @@
-"""Trial artifacts (DESIGN §8): where the store lives, what each finished trial gets, the export on the study."""
+"""Trial artifacts: where the store lives, what each finished trial gets, the export on the study.
+
+See docs/ARCHITECTURE.md, "Outputs".
+"""
 
 from __future__ import annotations
 

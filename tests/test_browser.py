@@ -1,4 +1,4 @@
-"""Headless Chromium opens the report and the running dashboard as a person would (DESIGN §8).
+"""Headless Chromium opens the report and the running dashboard as a person would (docs/ARCHITECTURE.md, "Outputs").
 
 Needs Debian's `chromium` and `chromium-driver` and the `selenium` package. Without them the tests skip
 locally and FAIL under CI (env CI set), so a CI box that lost its browser cannot pass silently.

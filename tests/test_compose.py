@@ -1,4 +1,4 @@
-"""docker-compose.yml, Dockerfile and .env.example (DESIGN §7), checked without a Docker engine.
+"""docker-compose.yml, Dockerfile and .env.example (docs/ARCHITECTURE.md, "Storage"), checked without a Docker engine.
 
 The compose file is read with PyYAML and its `${VAR}` references are expanded the way Compose does, so the
 commands can go through the real `hpo` parser and `hpo.run.prepare`, and the environment through the real

@@ -1,4 +1,7 @@
-"""`hpo dashboard` (DESIGN §8): optuna-dashboard serves the study, its trials and their artifacts over HTTP."""
+"""`hpo dashboard`: optuna-dashboard serves the study, its trials and their artifacts over HTTP.
+
+See docs/ARCHITECTURE.md, "Outputs".
+"""
 
 from __future__ import annotations
 

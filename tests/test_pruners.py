@@ -1,4 +1,7 @@
-"""The pruner factory (DESIGN §6): names, options, and that a clearly worse trial is pruned (ask/tell)."""
+"""The pruner factory: names, options, and that a clearly worse trial is pruned (ask/tell).
+
+See docs/ARCHITECTURE.md, "Samplers and pruners".
+"""
 
 from __future__ import annotations
 

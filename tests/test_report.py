@@ -1,4 +1,7 @@
-"""`hpo report` (DESIGN §8): every section from a real tiny study, offline HTML, warnings, and bad input."""
+"""`hpo report`: every section from a real tiny study, offline HTML, warnings, and bad input.
+
+See docs/ARCHITECTURE.md, "Outputs".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The sampler factory (DESIGN §6): every name runs a study, seeds reproduce, workers get distinct seeds."""
+"""The sampler factory: every name runs a study, seeds reproduce, workers get distinct seeds.
+
+See docs/ARCHITECTURE.md, "Samplers and pruners".
+"""
 
 from __future__ import annotations
 

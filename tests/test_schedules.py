@@ -1,4 +1,4 @@
-"""Schedules against hand-computed values (DESIGN §4)."""
+"""Schedules against hand-computed values (docs/ARCHITECTURE.md, "Schedules")."""
 
 import pytest
 

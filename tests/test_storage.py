@@ -1,4 +1,7 @@
-"""Storage resolution (DESIGN §7): URL order, masking, opening each kind, errors, reaping, DB outages."""
+"""Storage resolution: URL order, masking, opening each kind, errors, reaping, DB outages.
+
+See docs/ARCHITECTURE.md, "Storage".
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""The worker loop (DESIGN §6–§7): global budget, failures, polling, signals, dead workers, lost connections.
+"""The worker loop: global budget, failures, polling, signals, dead workers, lost connections.
 
 In-process tests drive `run_worker` on tiny objectives; the multi-process ones start real workers
 (tests/workers/cheap_worker.py) on SQLite, journal and PostgreSQL storages.
+
+See docs/ARCHITECTURE.md, "The worker protocol".
 """
 
 from __future__ import annotations
