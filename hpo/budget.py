@@ -69,6 +69,11 @@ def _counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
+def used_finished(counts: Mapping[str, int]) -> int:
+    """Slots of the budget spent for good: COMPLETE and PRUNED trials (FAIL does not count)."""
+    return counts["complete"] + counts["pruned"]
+
+
 def used_slots(counts: Mapping[str, int]) -> int:
     return counts["complete"] + counts["pruned"] + counts["running"]
 
@@ -79,6 +84,7 @@ def claim_trial(
     *,
     distributions: Mapping[str, BaseDistribution] | None = None,
     beat: ExitStack | None = None,
+    waiting_only: bool = False,
 ) -> optuna.Trial | None:
     """Take one slot of the budget and create its trial, or None when every slot is finished or running.
 
@@ -87,9 +93,10 @@ def claim_trial(
     The trial records its host and pid (user attr `worker`). With `beat`, the trial's heartbeat starts as soon
     as the trial exists and is left running on that stack, for the caller to keep through the objective (one
     heartbeat thread per trial instead of one for the fit and one for the objective); closing it stops it.
+    With `waiting_only` it takes a WAITING trial or nothing: it never samples a new one.
     """
     with study_lock(study) as lock:
-        trial = _claim_locked(study, n_trials, distributions, beat)
+        trial = _claim_locked(study, n_trials, distributions, beat, waiting_only)
     if trial is not None and lock.lost:
         trial = _confirm_claim(study, n_trials, trial)
     return trial
@@ -100,9 +107,10 @@ def _claim_locked(
     n_trials: int,
     distributions: Mapping[str, BaseDistribution] | None,
     beat: ExitStack | None,
+    waiting_only: bool = False,
 ) -> optuna.Trial | None:
     counts = budget_counts(study)
-    if used_slots(counts) >= n_trials:
+    if used_slots(counts) >= n_trials or (waiting_only and not counts["waiting"]):
         return None
     if counts["running"]:  # a single worker has none running here: no read
         warn_if_sqlite_shared(study)

@@ -11,7 +11,7 @@ import optuna
 
 from hpo.reaper import WORKER_ATTR, this_worker
 from hpo.spec import StudySpec, suggest
-from model.config import TrainConfig
+from model.config import TrainConfig, from_dict
 from model.data import DataCache
 from model.dataset import DataSet
 from model.train import EpochHook, TrainResult, total_epochs, train
@@ -79,3 +79,30 @@ class Objective:
         if self.after_train is not None:
             self.after_train(trial, config, data, result)
         return float(result.val_psnr)
+
+
+class ConfirmObjective(Objective):
+    """A confirmation run (`hpo.confirm`): a candidate's complete config trained with the run's seed.
+
+    The config is the one the candidate's search trial trained (its `config` attr) with this worker's run
+    settings (`--set`, `--data`, `--device`) over it, so the runs differ from the search draw only in the seed.
+    Its study's pruner never prunes: candidates are raced over seeds instead.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        candidates: list[dict[str, Any]],
+        overrides: dict[str, Any] | None = None,
+        epoch_hook_factory: Callable[[optuna.Trial, int], EpochHook] | None = None,
+    ) -> None:
+        super().__init__(spec, overrides, epoch_hook_factory)
+        self.candidates = candidates
+
+    def config_for(self, trial: optuna.Trial) -> TrainConfig:
+        candidate = self.candidates[int(trial.params["candidate"])]
+        if candidate.get("config"):
+            base = dict(candidate["config"])
+            return from_dict({**base, **self.overrides, "seed": int(trial.params["seed"])})
+        config = self.spec.trial_config(dict(candidate["params"]), self.overrides)
+        return config.replace(seed=int(trial.params["seed"]))

@@ -67,8 +67,8 @@ def _fmt(value: Any) -> str:
 class TrialPrinter:
     """Per-trial bar over epochs, one line per finished trial, a summary at the end (`hpo run`)."""
 
-    def __init__(self, study: Any, quiet: bool = False) -> None:
-        self.study, self.quiet = study, quiet
+    def __init__(self, study: Any, quiet: bool = False, label: str = "trial", show_best: bool = True) -> None:
+        self.study, self.quiet, self.label, self.show_best = study, quiet, label, show_best
         self.bar: EpochBar | None = None
 
     def say(self, line: str) -> None:
@@ -76,7 +76,7 @@ class TrialPrinter:
             tqdm.write(line, file=sys.stdout)
 
     def epoch_hook(self, trial: Any, total: int) -> EpochBar:
-        self.bar = EpochBar(total, f"trial {trial.number}", quiet=self.quiet)
+        self.bar = EpochBar(total, f"{self.label} {trial.number}", quiet=self.quiet)
         return self.bar
 
     def trial_started(self, trial: Any) -> None:
@@ -94,14 +94,14 @@ class TrialPrinter:
             else (frozen.intermediate_values[max(frozen.intermediate_values)] if frozen.intermediate_values else None)
         )
         try:
-            best = f"best {study.best_value:.2f} (#{study.best_trial.number})"
+            best = f"best {study.best_value:.2f} (#{study.best_trial.number})" if self.show_best else ""
         except ValueError:
             best = "best -"
         params = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
         reason = frozen.user_attrs.get("fail_reason", "")
         psnr = f"{value:.2f} dB" if value is not None else "-"
         self.say(
-            f"trial {frozen.number:>3} {state:<8} psnr {psnr:<9} {best}  "
+            f"{self.label} {frozen.number:>3} {state:<8} psnr {psnr:<9} {best}  "
             f"{(f'{secs:.1f} s' if secs is not None else ''):>8}  {params}" + (f"  [{reason}]" if reason else "")
         )
 

@@ -32,8 +32,10 @@ from plotly.offline import get_plotlyjs
 
 from hpo import report_plots as rp
 from hpo.artifacts import PSNR_ATTR
+from hpo.confirm import load_confirmation
+from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
-from hpo.results import status, trial_config
+from hpo.results import confirmation_lines, raw_best, status, trial_config
 from hpo.spec import STUDIES_DIR
 from model.config import TrainConfig, from_dict
 from model.errors import ConfigError
@@ -302,6 +304,29 @@ def _states(study: optuna.Study) -> str:
     return out
 
 
+def _confirmation(study: optuna.Study) -> str:
+    """The confirmation's answer and each candidate's per-seed values, interval and the round it dropped out."""
+    conf = load_confirmation(storage_of(study), study.study_name)
+    lines = confirmation_lines(conf, raw_best(study))
+    out = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("  "))
+    if conf is None:
+        return out
+    header = ["candidate", "trial", "search value", *[f"seed {s}" for s in conf.seeds_planned]]
+    header += ["mean", "95% interval", "status"]
+    rows = []
+    for r in conf.candidates:
+        vals = ["failed" if v is None else f"{v:.2f}" for v in r.values]
+        vals += ["-"] * (len(conf.seeds_planned) - len(vals))
+        iv = r.interval
+        mean = "-" if iv is None else f"{iv.mean:.2f}"
+        bounds = "-" if iv is None or iv.half is None else f"{iv.low:.2f} .. {iv.high:.2f}"
+        status = f"dropped after round {r.dropped_after}" if r.dropped_after else "kept" if conf.finished else "racing"
+        if conf.winner is not None and r.index == conf.winner.index:
+            status = "winner" if conf.finished else "leading"
+        rows.append([r.index, r.trial, f"{r.search_value:.2f}", *vals, mean, bounds, status])
+    return out + _table(header, rows)
+
+
 def build_report(study: optuna.Study, storage_label: str, now: dt.datetime | None = None) -> str:
     """The whole report as one HTML string (plotly.js inlined once); renders whatever the study holds."""
     now = now or dt.datetime.now(dt.UTC)
@@ -309,6 +334,7 @@ def build_report(study: optuna.Study, storage_label: str, now: dt.datetime | Non
     sections = [
         ("summary", "Summary", lambda: _summary(study, storage_label)),
         ("warnings", "Warnings", lambda: _warnings(study)),
+        ("confirmation", "Confirmation over seeds", lambda: _confirmation(study)),
         ("history", "Optimization history", lambda: _plot(lambda: rp.history_figure(study), "history")),
         ("importances", "Parameter importances", lambda: _plot(lambda: rp.importance_figure(study, seed), "imp")),
         ("parallel", "Parallel coordinates", lambda: _plot(lambda: rp.parallel_figure(study), "parallel")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import confirm
 from hpo.errors import StudyError
+from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
 from hpo.reaper import worker_of
 from model.config import TrainConfig, from_dict, to_toml
@@ -79,28 +82,122 @@ def trial_config(study: optuna.Study, trial: FrozenTrial) -> TrainConfig:
     return from_dict({**fixed, **trial.params})
 
 
-def export_toml(study: optuna.Study, storage_label: str) -> str:
-    """The best trial's complete config as TOML with a provenance header (loadable by `hpo train`)."""
-    trial = best_trial(study)
+def raw_best(study: optuna.Study) -> FrozenTrial | None:
+    """The best single draw (Optuna's `best_trial`), or None without a complete trial."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+@dataclass
+class Answer:
+    """A study's answer: the confirmed winner when confirmation finished, else the raw best trial."""
+
+    trial: FrozenTrial  # the search trial whose config is the answer
+    value: float  # the estimate the ranking uses: the mean over seeds when confirmed, else the one draw
+    values: list[float | None]  # per-seed values (the one draw when not confirmed)
+    seeds: list[int]
+    confirmed: bool
+    interval: tuple[float, float] | None  # 95% t interval of the mean (confirmed, two seeds or more)
+    raw: FrozenTrial  # the best single draw
+    confirmation: confirm.Confirmation | None  # None: the study has no confirmation (yet)
+
+    def note(self) -> str:
+        """One line on how far to trust `value` (what confirmation found, or that it has not run)."""
+        c = self.confirmation
+        if c is None:
+            return (
+                "not confirmed over seeds: the value is one training draw, the study's luckiest "
+                "(run `hpo run` with [confirm] in the spec, or `hpo top`)"
+            )
+        if not self.confirmed:
+            done = sum(len(r.values) for r in c.candidates)
+            return f"confirmation in progress ({done} runs done): the value is still the one best draw"
+        gap = self.raw.value - self.value if self.raw.value is not None else math.nan
+        return (
+            f"confirmed over {len(self.seeds)} seeds; the raw single-draw best was {self.raw.value:.2f} dB "
+            f"(trial {self.raw.number}), {gap:+.2f} dB above this estimate (the winner's curse on this study)"
+        )
+
+
+def answer(study: optuna.Study) -> Answer:
+    """The study's answer (StudyError without a complete trial)."""
+    raw = best_trial(study)
+    conf = confirm.load_confirmation(storage_of(study), study.study_name)
+    w = conf.winner if conf is not None and conf.finished else None
+    if w is not None and w.interval is not None:
+        trials = study.get_trials(deepcopy=False)
+        trial = trials[w.trial] if w.trial < len(trials) else raw  # trial numbers index the study's trials
+        iv = w.interval
+        bounds = (iv.low, iv.high) if iv.low is not None and iv.high is not None else None
+        return Answer(trial, iv.mean, list(w.values), list(w.seeds), True, bounds, raw, conf)
+    seed = int(trial_config(study, raw).seed)
+    return Answer(raw, float(raw.value), [raw.value], [seed], False, None, raw, conf)  # type: ignore[arg-type]
+
+
+def confirmation_lines(conf: confirm.Confirmation | None, raw: FrozenTrial | None) -> list[str]:
+    """The confirmation as a person reads it: the winner, the raw best beside it, the noise, each candidate."""
+    if conf is None:
+        return ["not confirmed over seeds (no confirmation has run on this study)"]
+    lines = []
+    w = conf.winner
+    state = "confirmed" if conf.finished else "confirmation in progress; leading"
+    if w is not None and w.interval is not None:
+        iv = w.interval
+        ci = f" (95% interval {iv.low:.2f} .. {iv.high:.2f})" if iv.half is not None else ""
+        lines.append(f"{state}: trial {w.trial}'s config, val PSNR {iv.mean:.2f} dB over {iv.n} seeds{ci}")
+        if raw is not None and raw.value is not None:
+            lines.append(
+                f"raw single-draw best: trial {raw.number}, {raw.value:.2f} dB, {raw.value - iv.mean:+.2f} dB "
+                "above the confirmed estimate (the winner's curse)"
+            )
+    if conf.noise_sd is not None:
+        res = f"; two configs closer than {conf.resolvable:.2f} dB cannot be told apart" if conf.resolvable else ""
+        lines.append(f"seed noise: sd {conf.noise_sd:.2f} dB (pooled over the candidates' runs){res}")
+    for r in conf.candidates:
+        vals = ", ".join("failed" if v is None else f"{v:.2f}" for v in r.values) or "no runs yet"
+        out = f"dropped after round {r.dropped_after}" if r.dropped_after else "racing" if not conf.finished else "kept"
+        lines.append(f"  candidate {r.index} (trial {r.trial}, search {r.search_value:.2f} dB): [{vals}] {out}")
+    return lines
+
+
+def export_toml(study: optuna.Study, storage_label: str, raw: bool = False) -> str:
+    """The answer's complete config (the raw best with `raw`) as TOML with a provenance header (`hpo train`)."""
+    ans = answer(study)
+    trial = ans.raw if raw else ans.trial
     config = trial_config(study, trial)
+    what = (
+        f"confirmed val PSNR {ans.value:.4f} dB over seeds {ans.seeds}"
+        if ans.confirmed and not raw
+        else f"val PSNR {trial.value:.4f} dB (one training draw, not confirmed over seeds)"
+    )
     header = (
-        f"vp-hpo export: study {study.study_name}, trial {trial.number}, val PSNR {trial.value:.4f} dB\n"
+        f"vp-hpo export: study {study.study_name}, trial {trial.number}, {what}\n"
         f"storage {storage_label}\nreproduce: hpo train THIS_FILE"
     )
     return to_toml(config, header)
 
 
-def write_export(study: optuna.Study, storage_label: str, path: str) -> None:
+def write_export(study: optuna.Study, storage_label: str, path: str, raw: bool = False) -> None:
     """Write `export_toml` to `path` atomically (StudyError, one line, when it cannot be written)."""
-    write_output(path, export_toml(study, storage_label), "path")
+    write_output(path, export_toml(study, storage_label, raw), "path")
 
 
 def best_dict(study: optuna.Study) -> dict[str, Any]:
-    trial = best_trial(study)
+    """`hpo best --json`: the answer with its per-seed values, and the raw best beside it."""
+    ans = answer(study)
+    trial = ans.trial
     return {
         "study": study.study_name,
         "trial": trial.number,
-        "value": trial.value,
+        "value": ans.value,
+        "values": ans.values,
+        "seeds": ans.seeds,
+        "confirmed": ans.confirmed,
+        "interval95": list(ans.interval) if ans.interval else None,
+        "raw_best": {"trial": ans.raw.number, "value": ans.raw.value},
+        "note": ans.note(),
         "params": trial.params,
         "config": trial_config(study, trial).to_dict(),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,

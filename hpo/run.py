@@ -8,26 +8,31 @@ spec and enqueues the warm-start configs, and every worker takes a join index th
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import optuna
 
+from hpo import confirm
 from hpo.artifacts import upload_trial_artifacts
 from hpo.errors import SpecError
 from hpo.locks import study_lock
-from hpo.objective import Objective
+from hpo.objective import ConfirmObjective, Objective
 from hpo.progress import TrialPrinter
 from hpo.pruners import make_pruner
 from hpo.reaper import reap_stale, this_worker
-from hpo.samplers import make_sampler, worker_seed
-from hpo.spec import StudySpec, check_compatible, load_run_spec, spec_summary
+from hpo.results import confirmation_lines, raw_best
+from hpo.samplers import check_space_options, make_sampler, worker_seed
+from hpo.spec import StudySpec, check_compatible, check_values, load_run_spec, spec_summary
 from hpo.storage import mask_url, open_storage, resolve_url
 from hpo.worker import WorkerResult, run_worker
-from model.config import TrainConfig, parse_sets
+from model.config import MAX_SEED, TrainConfig, parse_sets
+from model.data import check_layout
 from model.dataset import DataSet
-from model.device import resolve_device
+from model.device import check_device_settings, resolve_device, share_cores, threads_setting
 from model.train import TrainResult, total_epochs
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,10 @@ class RunOptions:
     sets: list[str] = field(default_factory=list)
     study_name: str | None = None
     profile: str | None = None  # None: `small` when no data set is given, else none
+    confirm_top: int | None = None  # over the spec's [confirm] top_k (turns confirmation on)
+    confirm_seeds: int | None = None  # over the spec's [confirm] seeds (turns confirmation on)
+    no_confirm: bool = False
+    threads: int | None = None  # torch threads; None: $HPO_TORCH_THREADS, else the machine's cores split
     quiet: bool = False
 
     @classmethod
@@ -66,6 +75,7 @@ class RunPlan:
     device: str  # the device the trials resolve to, as printed
     sampler: optuna.samplers.BaseSampler  # seeded with the study seed (worker 0's)
     pruner: optuna.pruners.BasePruner  # sized to the epochs the trials really run
+    threads: int | None = None  # torch threads per trial (0: torch's default); None: split the cores (share_cores)
 
 
 @dataclass
@@ -76,6 +86,8 @@ class RunSummary:
     best_params: dict[str, Any]
     best_number: int | None
     seconds: float
+    confirm_worker: WorkerResult | None = None  # this worker's confirmation runs, when it confirmed
+    confirmation: confirm.Confirmation | None = None
 
 
 def prepare(opts: RunOptions) -> RunPlan:
@@ -86,9 +98,17 @@ def prepare(opts: RunOptions) -> RunPlan:
     """
     if opts.n_trials <= 0:
         raise SpecError(f"--n-trials must be > 0, got {opts.n_trials}: it is the study's total budget")
-    if opts.timeout is not None and opts.timeout <= 0:
-        raise SpecError(f"--timeout must be > 0 seconds, got {opts.timeout}")
+    if opts.timeout is not None and not (math.isfinite(opts.timeout) and opts.timeout > 0):
+        raise SpecError(f"--timeout must be a number of seconds > 0, got {opts.timeout}: leave it out for no limit")
+    if opts.seed is not None and not 0 <= opts.seed <= MAX_SEED:
+        raise SpecError(f"--seed must be in 0..{MAX_SEED}, got {opts.seed}")
+    threads = threads_setting(opts.threads)
     overrides = parse_sets(opts.sets)
+    if "out" in overrides:
+        raise SpecError(
+            "--set out=DIR would make every trial write its checkpoints into that one folder: drop it (trials keep "
+            "their curves in the study); for a model on disk, `hpo export` the best config and `hpo retrain` it"
+        )
     if opts.data is not None:
         overrides["data"] = opts.data
     if opts.device is not None:
@@ -102,6 +122,7 @@ def prepare(opts: RunOptions) -> RunPlan:
         spec.sampler, spec.sampler_options = opts.sampler, {} if opts.sampler != spec.sampler else spec.sampler_options
     if opts.pruner:
         spec.pruner, spec.pruner_options = opts.pruner, {} if opts.pruner != spec.pruner else spec.pruner_options
+    _confirm_options(spec, opts)
     searched = sorted(set(overrides) & set(spec.space))
     if searched:
         raise SpecError(
@@ -109,11 +130,49 @@ def prepare(opts: RunOptions) -> RunPlan:
             "of your own (studies/NAME.toml) with a new --study-name"
         )
     base = spec.base_config(overrides)  # validates --set values against the fixed fields
-    resolved = str(resolve_device(base.device))  # `--device cuda` on a machine without one fails here
+    if base.out:
+        raise SpecError(
+            f"{spec.path}: [fixed] out = {base.out!r} would make every trial write its checkpoints into that one "
+            "folder: remove it from the spec (`hpo retrain` writes a model)"
+        )
+    check_values(spec, overrides)  # every bound, choice and enqueued config, with the overrides
+    resolved_device = resolve_device(base.device)  # `--device cuda` on a machine without one fails here
+    check_device_settings(base, resolved_device)  # amp=fp16 on a CPU
+    resolved = str(resolved_device)
     device = resolved if resolved == base.device else f"{resolved} ({base.device})"
+    check_layout(_layout_config(spec, base))  # a missing, empty or unpaired --data folder
+    check_space_options(spec.sampler, spec.sampler_options, spec.space)
     sampler = make_sampler(spec.sampler, spec.seed, spec.sampler_options)
     pruner = make_pruner(spec.pruner, total_epochs(base), spec.pruner_options)
-    return RunPlan(spec, overrides, base, device, sampler, pruner)
+    return RunPlan(spec, overrides, base, device, sampler, pruner, threads)
+
+
+def _layout_config(spec: StudySpec, base: TrainConfig) -> TrainConfig:
+    """`base` with searched clip lengths at their smallest: the config a data set must hold at least."""
+    shortest = {}
+    for name in ("train_vi_len", "val_vi_len"):
+        dist = spec.space.get(name)
+        if dist is not None:
+            shortest[name] = min(getattr(dist, "choices", None) or (getattr(dist, "low", getattr(base, name)),))
+    return base.replace(**shortest) if shortest else base
+
+
+def _confirm_options(spec: StudySpec, opts: RunOptions) -> None:
+    """Apply --confirm-top, --confirm-seeds and --no-confirm to the spec's [confirm] settings."""
+    flags = (("--confirm-top", opts.confirm_top), ("--confirm-seeds", opts.confirm_seeds))
+    asked = [flag for flag, value in flags if value is not None]
+    if opts.no_confirm and asked:
+        raise SpecError(f"{' and '.join(asked)} asks for confirmation and --no-confirm turns it off: drop one")
+    if opts.no_confirm:
+        spec.confirm = replace(spec.confirm, enabled=False)
+    elif asked:
+        top, seeds = opts.confirm_top, opts.confirm_seeds
+        spec.confirm = replace(
+            spec.confirm,
+            enabled=True,
+            top_k=spec.confirm.top_k if top is None else top,
+            seeds=spec.confirm.seeds if seeds is None else seeds,
+        ).check(" and ".join(asked))
 
 
 def open_study(plan: RunPlan, storage: Any) -> optuna.Study:
@@ -134,25 +193,63 @@ def open_study(plan: RunPlan, storage: Any) -> optuna.Study:
     return study
 
 
-def join(study: optuna.Study, spec: StudySpec) -> int:
+INITIALISED = "initialised"  # study user attr, written last by `join`: the spec and warm start are all recorded
+
+
+def join(study: optuna.Study, spec: StudySpec, epochs: int | None = None) -> int:
     """Join the study under its lock; returns this worker's join index (0 for the first worker).
 
-    The first worker in records the spec and enqueues the warm-start configs. The index derives each worker's
-    sampler seed (the same TPE seed on every worker repeats trials).
+    The first worker in records the spec (with its sampler, pruner and the trials' `epochs`) and enqueues the
+    warm-start configs; a later worker must run the same sampler, pruner and epochs. The index derives each
+    worker's sampler seed (the same TPE seed on every worker repeats trials).
+
+    Raises:
+        SpecError: this worker's sampler, pruner or epochs differ from those the study recorded.
     """
     with study_lock(study):
         attrs = study.user_attrs
-        if "space" not in attrs:
-            for k, v in spec_summary(spec).items():
-                study.set_user_attr(k, v)
-            study.set_user_attr("sampler", spec.sampler)
-            study.set_user_attr("pruner", spec.pruner)
-            study.set_user_attr("seed", spec.seed)
+        if "space" in attrs:
+            _check_same_run(study.study_name, attrs, spec, epochs)
+        if not attrs.get(INITIALISED):
+            # The first worker in, or one after a worker stopped half-way through this (SIGINT, kill -9, a lost
+            # database): every step is idempotent (an attr already recorded is kept, an enqueued config is not
+            # queued twice), and the marker is written last, so the next worker to join completes a partial one.
+            init = {**spec_summary(spec), "sampler": spec.sampler, "pruner": spec.pruner, "seed": spec.seed}
+            if epochs is not None:
+                init["epochs"] = epochs
+            for k, v in init.items():
+                if k not in attrs:
+                    study.set_user_attr(k, v)
             for params in spec.enqueue:
                 study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
+            study.set_user_attr(INITIALISED, True)
         index = int(attrs.get("workers_joined", 0))
         study.set_user_attr("workers_joined", index + 1)
     return index
+
+
+def _sharing_cores(threads: int | None, hook: Callable[[optuna.Trial], None]) -> Callable[[optuna.Trial], None]:
+    """`hook`, after setting this worker's torch threads for the trial (`model.device.share_cores`)."""
+
+    def started(trial: optuna.Trial) -> None:
+        share_cores(threads)
+        hook(trial)
+
+    return started
+
+
+def _check_same_run(name: str, attrs: dict[str, Any], spec: StudySpec, epochs: int | None) -> None:
+    """A worker joining a study runs what the study recorded: one study, one sampler, pruner and trial length."""
+    asked = {"sampler": (spec.sampler, "--sampler"), "pruner": (spec.pruner, "--pruner"), "epochs": (epochs, "--set")}
+    for key, (value, flag) in asked.items():
+        recorded = attrs.get(key)
+        if recorded is None or value is None or recorded == value:
+            continue
+        use = f"--set epochs={recorded}" if key == "epochs" else f"{flag} {recorded}"
+        raise SpecError(
+            f"study {name!r} runs {key} {recorded} (recorded by its first worker), this worker asks for {value}: "
+            f"join it with {use}, or start a new study with --study-name {name}-2"
+        )
 
 
 def run_study(opts: RunOptions) -> RunSummary:
@@ -162,7 +259,7 @@ def run_study(opts: RunOptions) -> RunSummary:
     spec = plan.spec
     url = resolve_url(opts.storage)
     study = open_study(plan, open_storage(url))
-    seed = worker_seed(spec.seed, str(join(study, spec)))
+    seed = worker_seed(spec.seed, str(join(study, spec, plan.base.epochs)))
     if seed != spec.seed:  # a later worker: the sampler gets its own seed (Optuna lets a study's sampler change)
         study.sampler = make_sampler(spec.sampler, seed, spec.sampler_options)
     reaped = reap_stale(study)
@@ -184,13 +281,43 @@ def run_study(opts: RunOptions) -> RunSummary:
         objective,
         opts.n_trials,
         timeout=opts.timeout,
-        on_trial_start=printer.trial_started,
+        on_trial_start=_sharing_cores(plan.threads, printer.trial_started),
         on_trial_end=printer.trial_finished,
         distributions=spec.space,
     )
     summary = _summary(study, result, time.perf_counter() - started)
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)
+    if spec.confirm.enabled and result.stopped == "budget":
+        left = None if opts.timeout is None else opts.timeout - (time.perf_counter() - started)
+        summary.confirm_worker, summary.confirmation = _confirm(study, plan, url, printer, left)
     return summary
+
+
+def _confirm(
+    study: optuna.Study, plan: RunPlan, url: str, printer: TrialPrinter, timeout: float | None
+) -> tuple[WorkerResult, confirm.Confirmation]:
+    """Confirm the study's best candidates over seeds with the other workers (`hpo.confirm`)."""
+    spec = plan.spec
+    companion = confirm.start(study, open_storage(url), spec.confirm, spec.space_json())
+    plan_attr = companion.user_attrs[confirm.PLAN_ATTR]
+    printer.say(
+        f"confirming the best {len(plan_attr['candidates'])} configs over up to {len(plan_attr['seeds'])} seeds "
+        f"(seeds {plan_attr['seeds']}; racing: paired t-test, alpha {plan_attr['alpha']})"
+    )
+    runs = TrialPrinter(companion, quiet=printer.quiet, label="confirm run", show_best=False)
+    objective = ConfirmObjective(spec, plan_attr["candidates"], plan.overrides, epoch_hook_factory=runs.epoch_hook)
+    result = run_worker(
+        companion,
+        objective,
+        1,
+        timeout=max(timeout, 1e-3) if timeout is not None else None,
+        on_trial_end=runs.trial_finished,
+        source=confirm.source(companion),
+    )
+    outcome = confirm.summarize(companion)
+    for line in confirmation_lines(outcome, raw_best(study)):
+        printer.say(line)
+    return result, outcome
 
 
 def _summary(study: optuna.Study, result: WorkerResult, seconds: float) -> RunSummary:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from optuna.distributions import (
 
 from hpo.errors import SpecError
 from hpo.optuna_private import contains
-from model.config import TrainConfig, coerce, field_types, from_dict, read_toml
+from model.config import MAX_SEED, TrainConfig, coerce, field_types, from_dict, read_toml
 from model.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,44 @@ RUN_SETTINGS = {
     "synth_train_frames",
     "synth_val_videos",
 }
-_TOP_KEYS = {"study", "sampler", "pruner", "fixed", "space", "enqueue", "profiles"}
+_TOP_KEYS = {"study", "sampler", "pruner", "fixed", "space", "enqueue", "profiles", "confirm"}
 SMALL_PROFILE = "small"  # the profile sized for the built-in synthetic set on a CPU
+
+
+@dataclass
+class ConfirmSettings:
+    """`[confirm]`: after the search, retrain the best candidates over seeds and race them (hpo.confirm).
+
+    The table's presence turns it on (`enabled = false` turns it off); see docs/ARCHITECTURE.md, "Confirmation".
+    """
+
+    enabled: bool = False
+    top_k: int = 3  # candidates: the best distinct configs by search value
+    seeds: int = 3  # the most training seeds each candidate gets (seeds seed+1 .. seed+S of the trials' `seed`)
+    alpha: float = 0.1  # one-sided level of the paired t-test that drops a candidate; 0 = no racing
+    min_seeds: int = 2  # seeds every candidate gets before any is dropped
+
+    def check(self, where: str) -> ConfirmSettings:
+        """Raise SpecError naming `where` (the table or flag) for a setting out of range."""
+        for name, value, low in (("top_k", self.top_k, 1), ("seeds", self.seeds, 1), ("min_seeds", self.min_seeds, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SpecError(f"{where}: {name} must be a whole number >= {low}, got {value!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not 0 <= self.alpha < 0.5:
+            raise SpecError(f"{where}: alpha must be a number in [0, 0.5) (0 = no racing), got {self.alpha!r}")
+        return self
+
+
+def _confirm(table: Any, where: str, base: ConfirmSettings | None = None) -> ConfirmSettings:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where} must be a table of top_k, seeds, alpha, min_seeds (and enabled)")
+    allowed = {"enabled", "top_k", "seeds", "alpha", "min_seeds"}
+    unknown = set(table) - allowed
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}: use {', '.join(sorted(allowed))}")
+    values = {**(base.__dict__ if base else {}), "enabled": True, **table}
+    if not isinstance(values["enabled"], bool):
+        raise SpecError(f"{where}: enabled must be true or false, got {values['enabled']!r}")
+    return ConfirmSettings(**values).check(where)
 
 
 @dataclass
@@ -61,6 +99,7 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     space: dict[str, BaseDistribution] = field(default_factory=dict)
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     profile: str = ""  # the profile applied, "" for none
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -136,41 +175,55 @@ def _parse(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise SpecError(f"{path}: unknown table(s) {sorted(unknown)}: use {sorted(_TOP_KEYS)}")
-    study = raw.get("study", {})
+    study, sampler, pruner = (_table(raw, key, f"{path}: [{key}]") for key in ("study", "sampler", "pruner"))
+    seed = study.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SpecError(f"{path}: [study] seed must be a whole number in 0..{MAX_SEED}, got {seed!r}")
     spec = StudySpec(
-        name=str(study.get("name", path.stem)),
+        name=_text(study, "name", path.stem, f"{path}: [study]"),
         path=path,
-        direction=str(study.get("direction", "maximize")),
-        seed=int(study.get("seed", 0)),
-        sampler=str(raw.get("sampler", {}).get("name", "tpe")),
-        sampler_options=dict(raw.get("sampler", {}).get("options", {})),
-        pruner=str(raw.get("pruner", {}).get("name", "hyperband")),
-        pruner_options=dict(raw.get("pruner", {}).get("options", {})),
-        profiles=dict(raw.get("profiles", {})),
+        direction=_text(study, "direction", "maximize", f"{path}: [study]"),
+        seed=seed,
+        sampler=_text(sampler, "name", "tpe", f"{path}: [sampler]"),
+        sampler_options=_table(sampler, "options", f"{path}: [sampler.options]"),
+        pruner=_text(pruner, "name", "hyperband", f"{path}: [pruner]"),
+        pruner_options=_table(pruner, "options", f"{path}: [pruner.options]"),
+        profiles=_table(raw, "profiles", f"{path}: [profiles]"),
     )
     if spec.direction not in ("maximize", "minimize"):
         raise SpecError(f"{path}: direction must be maximize or minimize, got {spec.direction!r}")
-    fixed = dict(raw.get("fixed", {}))
-    space_raw = dict(raw.get("space", {}))
+    fixed = _table(raw, "fixed", f"{path}: [fixed]")
+    space_raw = _table(raw, "space", f"{path}: [space]")
+    _enqueue_list(raw, f"{path}: [[enqueue]]")
     if profile:
         if profile not in spec.profiles:
             raise SpecError(f"{path}: unknown profile {profile!r}: use one of {sorted(spec.profiles) or 'none'}")
-        prof = spec.profiles[profile]
-        extra = set(prof) - {"description", "fixed", "space", "enqueue", "pruner"}
+        prof = _table(spec.profiles, profile, f"{path}: [profiles.{profile}]")
+        for key in ("fixed", "space"):
+            _table(prof, key, f"{path}: [profiles.{profile}.{key}]")
+        _enqueue_list(prof, f"{path}: [[profiles.{profile}.enqueue]]")
+        extra = set(prof) - {"description", "fixed", "space", "enqueue", "pruner", "confirm"}
         if extra:
             raise SpecError(
-                f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space, enqueue, pruner"
+                f"{path}: profile {profile!r} has unknown keys {sorted(extra)}: use fixed, space, enqueue, pruner, "
+                "confirm"
             )
         if "pruner" in prof:  # a profile with fewer epochs may need other rungs: its options replace the spec's
             if not isinstance(prof["pruner"], dict):
                 raise SpecError(f"{path}: [profiles.{profile}.pruner] must be a table with name and/or options")
-            spec.pruner = str(prof["pruner"].get("name", spec.pruner))
-            spec.pruner_options = dict(prof["pruner"].get("options", {}))
+            spec.pruner = _text(prof["pruner"], "name", spec.pruner, f"{path}: [profiles.{profile}.pruner]")
+            spec.pruner_options = _table(prof["pruner"], "options", f"{path}: [profiles.{profile}.pruner.options]")
         fixed.update(prof.get("fixed", {}))
         space_raw.update(prof.get("space", {}))
         if "enqueue" in prof:  # a profile that narrows the space brings its own warm-start configs
             raw = {**raw, "enqueue": prof["enqueue"]}
         spec.profile = profile
+    if "confirm" in raw:
+        spec.confirm = _confirm(raw["confirm"], f"{path}: [confirm]")
+    if profile and "confirm" in spec.profiles[profile]:  # its keys replace the spec's
+        spec.confirm = _confirm(
+            spec.profiles[profile]["confirm"], f"{path}: [profiles.{profile}.confirm]", spec.confirm
+        )
     spec.fixed = {k: coerce(k, v) for k, v in fixed.items()}
     spec.space = {k: parse_distribution(k, v) for k, v in space_raw.items()}
     overlap = set(spec.fixed) & set(spec.space)
@@ -178,8 +231,77 @@ def _parse(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
         raise SpecError(f"{path}: {sorted(overlap)} both fixed and searched: remove them from one of the tables")
     spec.base_config()  # validates the fixed fields' values
     spec.enqueue = [_check_enqueued(spec, dict(e)) for e in raw.get("enqueue", [])]
+    check_values(spec)
     _warn_cycle(spec)
     return spec
+
+
+_MAX_PROBED = 256  # an int space with more values is probed at its ends and its second value
+
+
+def _probe_values(dist: BaseDistribution) -> list[Any]:
+    """Values of a distribution that show whether every value it can give is a valid field value.
+
+    TrainConfig's limits on numbers are intervals (convex) except "a multiple of 8" and the like on ints, so the
+    ends of a float range suffice, and an int range is walked (or, when long, its ends and its second value).
+    """
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution):
+        count = (dist.high - dist.low) // dist.step + 1
+        if count <= _MAX_PROBED:
+            return list(range(dist.low, dist.high + 1, dist.step))
+        return [dist.low, dist.low + dist.step, dist.high]
+    assert isinstance(dist, FloatDistribution)
+    return [dist.low, dist.high]
+
+
+def check_values(spec: StudySpec, overrides: dict[str, Any] | None = None) -> None:
+    """Every value the spec can give a trial is a valid TrainConfig value: space bounds, choices, enqueued configs.
+
+    Each searched value is checked over the fixed fields (and `overrides`), so a study never starts with a space
+    whose trials would fail on a value TrainConfig refuses.
+
+    Raises:
+        SpecError: naming the space or [[enqueue]] entry, the value, TrainConfig's reason and the fix.
+    """
+    base = spec.base_config(overrides)
+    for name, dist in spec.space.items():
+        for value in _probe_values(dist):
+            try:
+                base.replace(**{name: value})
+            except ConfigError as exc:
+                raise SpecError(
+                    f"{spec.path}: space.{name} can give {name} = {value!r}, which is not valid ({exc}): "
+                    "narrow the space to valid values"
+                ) from None
+    for i, params in enumerate(spec.enqueue):
+        try:
+            base.replace(**params)
+        except ConfigError as exc:
+            raise SpecError(f"{spec.path}: [[enqueue]] config {i + 1} is not valid ({exc}): fix or remove it") from None
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """raw[key] as a dict ({} when absent); anything else than a TOML table is a SpecError naming `where`."""
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be a table (a [header] with key = value lines), got {value!r}")
+    return dict(value)
+
+
+def _text(table: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise SpecError(f'{where}: {key} must be a non-empty string, got {value!r}: e.g. {key} = "{default}"')
+    return value
+
+
+def _enqueue_list(raw: dict[str, Any], where: str) -> None:
+    """[[enqueue]] is an array of tables, one per config; `[enqueue]` (one table) is a common slip."""
+    value = raw.get("enqueue", [])
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise SpecError(f"{where} must be an array of tables: write each config under its own [[enqueue]] header")
 
 
 def parse_distribution(name: str, d: Any) -> BaseDistribution:
@@ -196,26 +318,56 @@ def parse_distribution(name: str, d: Any) -> BaseDistribution:
     if extra:
         raise SpecError(f"space.{name}: unknown keys {sorted(extra)}: use type, low, high, log, step, choices")
     if kind == "categorical":
+        numeric = sorted(set(d) & {"low", "high", "log", "step"})
+        if numeric:
+            raise SpecError(f"space.{name}: a categorical takes choices only, not {numeric}: drop them or the choices")
         choices = d.get("choices")
         if not isinstance(choices, list) or not choices:
             raise SpecError(f"space.{name}: empty categorical: give at least one choice in choices = [...]")
-        return CategoricalDistribution([coerce(name, c) for c in choices])
+        if any(isinstance(c, (list, dict)) for c in choices):
+            raise SpecError(f"space.{name}: choices must be numbers, strings or booleans, got {choices!r}")
+        values = [coerce(name, c) for c in choices]
+        if len(set(values)) < len(values):
+            raise SpecError(f"space.{name}: choices {choices!r} repeat a value: list each choice once")
+        return CategoricalDistribution(values)
     if kind not in ("float", "int"):
         raise SpecError(f"space.{name}: type must be float, int or categorical, got {kind!r}")
+    if "choices" in d:
+        raise SpecError(f'space.{name}: type = "{kind}" takes low and high, not choices: drop one of them')
     if kind == "float" and types[name] is not float:
         raise SpecError(f'space.{name}: field {name} is not a float field: use type = "int" or categorical')
     if kind == "int" and types[name] is not int:
         raise SpecError(f'space.{name}: field {name} is not an int field: use type = "float" or categorical')
     if "low" not in d or "high" not in d:
         raise SpecError(f"space.{name}: give both low and high")
-    low, high, log_, step = d["low"], d["high"], bool(d.get("log", False)), d.get("step")
+    low, high, log_, step = d["low"], d["high"], d.get("log", False), d.get("step")
+    for key, value in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+        _check_number(name, kind, key, value)
+    if not isinstance(log_, bool):
+        raise SpecError(f"space.{name}: log must be true or false, got {log_!r}")
+    if step is not None and step <= 0:
+        raise SpecError(f"space.{name}: step must be > 0, got {step}: use a positive step or drop it")
+    if step is not None and log_:
+        raise SpecError(f"space.{name}: log and step cannot go together: drop one of them")
     if low >= high:
         raise SpecError(f"space.{name}: low ({low}) must be < high ({high}): swap or fix the bounds")
     if log_ and low <= 0:
         raise SpecError(f"space.{name}: log scale needs low > 0 (got {low}): raise low, e.g. to 1e-5")
+    span = None if step is None else Decimal(str(high)) - Decimal(str(low))
+    if step is not None and span is not None and span % Decimal(str(step)) != 0:
+        fix = Decimal(str(low)) + span // Decimal(str(step)) * Decimal(str(step))
+        raise SpecError(f"space.{name}: high - low ({high} - {low}) is not a multiple of step {step}: use high = {fix}")
     if kind == "float":
         return FloatDistribution(float(low), float(high), log=log_, step=None if step is None else float(step))
     return IntDistribution(int(low), int(high), log=log_, step=int(step or 1))
+
+
+def _check_number(name: str, kind: str, key: str, value: Any) -> None:
+    """A bound or step of a `type = "int"` space is a whole number, of a float space a finite number."""
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SpecError(f"space.{name}: {key} of an int space must be a whole number, got {value!r}: e.g. {key} = 1")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"space.{name}: {key} must be a finite number, got {value!r}")
 
 
 def _check_enqueued(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:

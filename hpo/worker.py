@@ -22,7 +22,7 @@ from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import budget_counts, claim_trial
+from hpo.budget import budget_counts, claim_trial, used_finished
 from hpo.errors import StorageError
 from hpo.reaper import reap_interval, reap_stale
 from hpo.signals import Signals, WorkerInterrupted
@@ -35,17 +35,36 @@ log = logging.getLogger(__name__)
 
 ObjectiveFn = Callable[[optuna.Trial], float]
 MAX_CONSECUTIVE_FAILURES = 10  # a worker whose every trial fails (bad data, OOM) stops instead of spinning
+# A worker whose trials fail in a row with one and the same error (a broken data set, a full disk) stops after
+# this many: the next trial would fail the same way. Divergence (a property of the sampled params) is not counted.
+MAX_SAME_ERROR = 3
+
+
+@dataclass
+class TrialSource:
+    """Where a worker's next trial comes from, and when no more will come.
+
+    The search's source (the default) claims a slot of the study's budget; confirmation's (`hpo.confirm`) takes
+    the queued confirmation runs. `claim` gets the heartbeat stack to leave the new trial's heartbeat on.
+    """
+
+    claim: Callable[[ExitStack], optuna.Trial | None]
+    done: Callable[[], bool]
 
 
 @dataclass
 class WorkerResult:
-    """What this worker did; `stopped` is "budget", "timeout" or "failures" (too many FAILs in a row)."""
+    """What this worker did; `stopped` is "budget", "timeout" or "failures" (too many FAILs in a row).
+
+    `error` is the one error the last trials all failed with, when that is why the worker stopped.
+    """
 
     trials_run: int = 0
     complete: int = 0
     pruned: int = 0
     failed: int = 0
     stopped: str = "budget"
+    error: str = ""
 
 
 def run_worker(
@@ -59,13 +78,15 @@ def run_worker(
     poll_interval: float = 1.0,
     distributions: Mapping[str, BaseDistribution] | None = None,
     max_consecutive_failures: int | None = MAX_CONSECUTIVE_FAILURES,
+    source: TrialSource | None = None,
+    max_same_error: int | None = MAX_SAME_ERROR,
 ) -> WorkerResult:
     """Run trials until the study holds `n_trials` COMPLETE+PRUNED trials (all workers together).
 
     While the budget is taken but trials still run elsewhere, the worker polls (reaping dead workers'
     trials) in case one fails and frees its slot. `timeout` (seconds) stops it between trials or while
-    polling. The objective may raise `optuna.TrialPruned` (PRUNED) or any exception (FAIL with user attr
-    "fail_reason"; the study goes on).
+    polling. `source` replaces the budget as the supplier of trials (confirmation runs). The objective may
+    raise `optuna.TrialPruned` (PRUNED) or any exception (FAIL with user attr "fail_reason"; the study goes on).
 
     Raises:
         WorkerInterrupted: on SIGINT/SIGTERM, after the running trial was told FAIL and re-queued.
@@ -73,10 +94,16 @@ def run_worker(
     """
     if n_trials <= 0:
         raise ValueError(f"n_trials must be > 0, got {n_trials}")
+    if source is None:
+        source = TrialSource(
+            claim=lambda beat: claim_trial(study, n_trials, distributions=distributions, beat=beat),
+            done=lambda: used_finished(budget_counts(study)) >= n_trials,
+        )
     result = WorkerResult()
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     failures_in_row = 0
+    same_error, same_count = "", 0  # the error the last FAILs in a row all had, and how many they are
     waiting_logged = False
     # Between back-to-back trials, reap at most once per heartbeat interval: a trial goes stale only after the
     # grace period (several intervals), so this delays noticing a dead worker by under one interval and saves a
@@ -93,26 +120,25 @@ def run_worker(
                 last_reap = time.monotonic()
             beat = ExitStack()  # the trial's heartbeat, from its claim to the end of its objective
             try:
-                trial = claim_trial(study, n_trials, distributions=distributions, beat=beat)
+                trial = source.claim(beat)
             except BaseException:
                 beat.close()
                 raise
             if trial is None:
                 beat.close()
                 last_reap = -math.inf
-                counts = budget_counts(study)
-                if counts["complete"] + counts["pruned"] >= n_trials:
+                if source.done():
                     result.stopped = "budget"
                     break
                 if not waiting_logged:
-                    log.info("budget taken: waiting for %d trial(s) running on other workers", counts["running"])
+                    log.info("no trial to take now: waiting for trials running on other workers")
                     waiting_logged = True
                 pause = poll_interval if deadline is None else min(poll_interval, max(deadline - time.monotonic(), 0))
                 with signals.armed():
                     time.sleep(pause)
                 continue
             waiting_logged = False
-            frozen = _run_trial(study, trial, objective, signals, on_trial_start, n_trials, beat)
+            frozen, error = _run_trial(study, trial, objective, signals, on_trial_start, n_trials, beat)
             result.trials_run += 1
             if frozen.state == TrialState.COMPLETE:
                 result.complete += 1
@@ -121,8 +147,15 @@ def run_worker(
             else:
                 result.failed += 1
             failures_in_row = failures_in_row + 1 if frozen.state == TrialState.FAIL else 0
+            error = error if frozen.state == TrialState.FAIL else ""
+            same_count = same_count + 1 if error and error == same_error else int(bool(error))
+            same_error = error
             if on_trial_end is not None:
                 on_trial_end(study, frozen)
+            if max_same_error is not None and same_count >= max_same_error:
+                log.info("%d trials in a row failed with the same error: stopping this worker", same_count)
+                result.stopped, result.error = "failures", error
+                break
             if max_consecutive_failures is not None and failures_in_row >= max_consecutive_failures:
                 log.error("%d trials in a row failed on this worker: stopping it (see fail_reason)", failures_in_row)
                 result.stopped = "failures"
@@ -138,10 +171,14 @@ def _run_trial(
     on_trial_start: Callable[[optuna.Trial], None] | None,
     n_trials: int,
     beat: ExitStack,
-) -> FrozenTrial:
-    """Run the objective with the trial's heartbeat (`beat`, started by the claim; stopped before the tell)."""
+) -> tuple[FrozenTrial, str]:
+    """Run the objective with the trial's heartbeat (`beat`, started by the claim; stopped before the tell).
+
+    Returns the finished trial and, when the objective raised (other than a divergence), its error's line.
+    """
     value: Any = None
     reason = ""
+    error_repeats = False
     try:
         with beat, signals.armed():
             if on_trial_start is not None:
@@ -160,6 +197,7 @@ def _run_trial(
             _fail_interrupted(study, trial)
             raise WorkerInterrupted(signals.signum) from exc
         state, reason = TrialState.FAIL, _reason(exc)
+        error_repeats = not isinstance(exc, DivergedError)  # divergence depends on the sampled params
         if isinstance(exc, DivergedError):
             log.warning("trial %d failed: %s", trial.number, reason)
         else:
@@ -170,7 +208,8 @@ def _run_trial(
         if reason:
             log.warning("trial %d failed: %s", trial.number, reason)
     # A signal during the tell is held: the result is kept, and the loop stops at its next check.
-    return tell_result(study, trial, state, value, reason, n_trials)
+    frozen = tell_result(study, trial, state, value, reason, n_trials)
+    return frozen, reason if error_repeats else ""
 
 
 def _reason(exc: BaseException) -> str:

@@ -22,7 +22,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(best, indent=1, sort_keys=True))
         return 0
-    print(f"study {best['study']}: best trial {best['trial']}, val PSNR {best['value']:.4f} dB")
+    iv = best["interval95"]
+    spread = f" (95% interval {iv[0]:.2f} .. {iv[1]:.2f}, {len(best['seeds'])} seeds)" if iv else ""
+    print(f"study {best['study']}: best trial {best['trial']}, val PSNR {best['value']:.4f} dB{spread}")
+    print(best["note"])
     for k, v in best["params"].items():
         print(f"  {k} = {v}")
     return 0

@@ -23,5 +23,8 @@ def add_sets(p: argparse.ArgumentParser, help: str = "override a field (repeatab
 
 
 def load_study(args: argparse.Namespace, heartbeat: bool = True) -> optuna.Study:
-    """The study `--study` names in the storage `--storage` names (StudyError when unknown)."""
-    return results.load(open_storage(resolve_url(args.storage), heartbeat=heartbeat), args.study)
+    """The study `--study` names in the storage `--storage` names (StudyError when unknown).
+
+    Never creates a storage: a missing SQLite or journal file is a StorageError naming it.
+    """
+    return results.load(open_storage(resolve_url(args.storage), heartbeat=heartbeat, create=False), args.study)

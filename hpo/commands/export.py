@@ -15,17 +15,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_study(p)
     add_storage(p)
     p.add_argument("-o", "--output", required=True, help="TOML file to write")
+    p.add_argument("--raw", action="store_true", help="the best single draw, not the confirmed winner")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     url = resolve_url(args.storage)
     study = load_study(args)
-    results.write_export(study, mask_url(url), args.output)
+    results.write_export(study, mask_url(url), args.output, raw=args.raw)
     attach_to_study(url, study, args.output, "application/toml")  # the dashboard shows it with the study
-    trial = results.best_trial(study)
+    ans = results.answer(study)
+    trial, value = (ans.raw, ans.raw.value) if args.raw else (ans.trial, ans.value)
     print(
-        f"wrote {args.output}: trial {trial.number} of {study.study_name}, val PSNR {trial.value:.4f} dB; "
+        f"wrote {args.output}: trial {trial.number} of {study.study_name}, val PSNR {value:.4f} dB; "
         f"train it with `hpo train {args.output}` or `hpo retrain {args.output}`"
     )
+    print(ans.note() if not args.raw else "the raw single-draw best (--raw), not confirmed over seeds")
     return 0
