@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import getpass
 import os
 import platform
 import random
@@ -35,9 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,42 +52,14 @@ from hpo.storage import open_storage
 from hpo.worker import run_worker
 
 REPO = Path(__file__).resolve().parent.parent
-CHEAP_WORKER = REPO / "tests" / "workers" / "cheap_worker.py"
+sys.path.insert(0, str(REPO / "tests"))
+from support import CheapWorker, scratch_database  # noqa: E402  (tests/support.py: as the tests use them)
+
 SECTION = "## Storage and workers (issue 4)"
 EPOCHS = 10  # reported epochs per trial in the overhead measurement
 TARGET_RATIO, TARGET_SHARE, TARGET_SPEEDUP = 1.2, 0.01, 1.8
 CHEAP_EPOCHS, CHEAP_EPOCH_S = 5, 0.2  # cheap_worker objective: 1 s of sleep per trial
 POLL_S = 1.0  # how often a waiting worker looks for a freed slot (run_worker's default, what `hpo run` uses)
-
-
-# --- PostgreSQL -------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def pg_database(host: str, port: int) -> Iterator[str | None]:
-    """A fresh database for the run (URL), dropped at the end; None when no server answers."""
-    import psycopg
-
-    admin = None
-    for user in dict.fromkeys((getpass.getuser(), "postgres")):
-        for db in ("postgres", "test"):
-            try:
-                admin = psycopg.connect(host=host, port=port, user=user, dbname=db, connect_timeout=3, autocommit=True)
-            except psycopg.OperationalError:
-                continue
-            break
-        if admin is not None:
-            break
-    if admin is None:
-        yield None
-        return
-    name = f"hpo_bench_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 # --- 1. storage overhead per trial ------------------------------------------------------------------------
@@ -220,29 +189,6 @@ def small_trial_seconds(tmp: Path) -> tuple[float, str]:
 # --- 2. trials per minute with 1 and 2 workers --------------------------------------------------------------
 
 
-class CheapWorker:
-    """tests/workers/cheap_worker.py on study `study`; its event lines ("ready", "start N") go to a file."""
-
-    def __init__(
-        self, tmp: Path, tag: str, url: str, study: str, n_trials: int, seed: int, *opts: str, env: dict[str, str]
-    ) -> None:
-        self.out = tmp / f"{tag}.out"
-        cmd = [sys.executable, str(CHEAP_WORKER), url, study, str(n_trials), "--seed", str(seed), *opts]
-        with self.out.open("w") as out, (tmp / f"{tag}.err").open("w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=err, env=env)
-
-    def wait_for(self, prefix: str, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.out.read_text().splitlines():
-                if line.startswith(prefix):
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"worker printed no {prefix!r}: {self.out.read_text()[-500:]}")
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
     env.pop("HPO_STORAGE", None)
@@ -255,9 +201,9 @@ def bench_throughput(url: str, workers: int, n_trials: int, tmp: Path, tag: str)
     go = tmp / f"{tag}.go"
     opts = ["--epochs", str(CHEAP_EPOCHS), "--epoch-seconds", str(CHEAP_EPOCH_S), "--poll", str(POLL_S)]
     opts += ["--go", str(go), "--no-prune"]  # every trial sleeps its full second
-    procs = [CheapWorker(tmp, f"{tag}-{i}", url, tag, n_trials, i, *opts, env=_env()) for i in range(workers)]
+    procs = [CheapWorker(tmp, f"{tag}-{i}", url, n_trials, i, *opts, study=tag, env=_env()) for i in range(workers)]
     for w in procs:
-        w.wait_for("ready")
+        w.wait_for("ready", timeout=120)
     go.touch()
     for w in procs:
         if w.proc.wait(600) != 0:
@@ -278,9 +224,9 @@ def bench_kill_to_retry(url: str, tmp: Path, tag: str, env_extra: dict[str, str]
     study = optuna.create_study(storage=open_storage(url), study_name=tag, direction="minimize")
     env = _env(**env_extra)
     long_trial = ("--epochs", "100000", "--epoch-seconds", "0.1", "--poll", str(POLL_S))
-    victim = CheapWorker(tmp, f"{tag}-victim", url, tag, 1, 0, *long_trial, env=env)
-    victim.wait_for("start ")
-    survivor = CheapWorker(tmp, f"{tag}-survivor", url, tag, 1, 1, *long_trial, env=env)
+    victim = CheapWorker(tmp, f"{tag}-victim", url, 1, 0, *long_trial, study=tag, env=env)
+    victim.wait_for("start ", timeout=120)
+    survivor = CheapWorker(tmp, f"{tag}-survivor", url, 1, 1, *long_trial, study=tag, env=env)
     time.sleep(random.uniform(0.5, 0.5 + interval))  # any phase of the victim's heartbeat
     killed_at = datetime.datetime.now()
     victim.proc.send_signal(signal.SIGKILL)
@@ -436,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
     interval, grace = heartbeat_settings()
     r["heartbeat"] = f"every {interval} s, stale after {grace} s"
-    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp_name, pg_database(args.pg_host, args.pg_port) as pg:
+    with (
+        tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp_name,
+        scratch_database(args.pg_host, args.pg_port, "hpo_bench_", ("postgres", "test")) as pg,
+    ):
         tmp = Path(tmp_name)
         urls = {
             "SQLite": (f"sqlite:///{tmp / 'ours.db'}", f"sqlite:///{tmp / 'plain.db'}"),

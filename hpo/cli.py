@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
+import warnings
 
 import optuna
 
 from hpo.commands import best, dashboard, data, export, predict, report, retrain, run, status, top, train
+from hpo.storage import ENV_STORAGE, mask_secrets
 from model.errors import UsageError
 
 # The order `hpo --help` lists them.
@@ -46,29 +49,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
+class _MaskingFilter(logging.Filter):
+    """Masks every storage password (and piece of one) in a log record: a library's message may quote a URL."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__()
+        self.urls = urls
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_secrets(record.getMessage(), self.urls), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_secrets(logging.Formatter().formatException(record.exc_info), self.urls)
+        return True
+
+
+def _storage_urls(argv: list[str]) -> list[str]:
+    """Every URL that may carry a password: the arguments that look like URLs, and env HPO_STORAGE."""
+    urls = [a.split("=", 1)[1] if a.startswith("--") and "=" in a else a for a in argv if "://" in a]
+    env = os.environ.get(ENV_STORAGE, "").strip()
+    return [u.strip() for u in [*urls, env] if u.strip()]
+
+
+def _configure_logging(args: argparse.Namespace, urls: list[str]) -> None:
     level = logging.WARNING
-    if getattr(args, "verbose", 0):
-        level = logging.DEBUG if args.verbose > 1 else logging.INFO
+    verbose = getattr(args, "verbose", 0)
+    if verbose:
+        level = logging.DEBUG if verbose > 1 else logging.INFO
     if getattr(args, "quiet", False):
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _MaskingFilter)]:
+            handler.removeFilter(old)  # an earlier main() in this process (tests) masked other URLs
+        if urls:
+            handler.addFilter(_MaskingFilter(urls))
     optuna.logging.set_verbosity(max(level, logging.WARNING))  # Optuna's INFO lines would repeat ours
+    # Library warnings (torch, Optuna) go through logging: shown with -v, else they would print lines before a
+    # user mistake's one line (or between a run's progress lines).
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `hpo` and `python -m hpo`; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    urls = _storage_urls(argv)  # no message printed here may carry their passwords
     try:
-        args = build_parser().parse_args(argv)
-        _configure_logging(args)
+        with warnings.catch_warnings():
+            if not any(a.startswith(("-v", "--verbose")) for a in argv):
+                warnings.simplefilter("ignore")  # until logging takes them (a warning while parsing or set-up)
+            args = build_parser().parse_args(argv)
+        _configure_logging(args, urls)
         return int(args.func(args) or 0)
     except UsageError as exc:
         if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+            print(mask_secrets(traceback.format_exc(), urls), end="", file=sys.stderr)
+        print(mask_secrets(f"error: {exc}", urls), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug or a runtime fault: the traceback as Python prints it, with passwords masked
+        print(mask_secrets(traceback.format_exc(), urls), end="", file=sys.stderr)
+        return 1

@@ -84,7 +84,7 @@ def prepare(url: str, host: str, port: int, artifacts: str | None = None, study:
     Raises:
         StudyError: `study` is not in the storage. DashboardError: no such artifact folder, or a busy address.
     """
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeat=False, create=False)
     study_id = storage.get_study_id_from_name(results.load(storage, study).study_name) if study else None
     if artifacts is not None and not Path(artifacts).is_dir():
         raise DashboardError(

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from filelock import FileLock
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.dbretry import call_with_retry, first_line
+from hpo.errors import StorageError
 from hpo.optuna_private import backend_of, journal_path, rdb_backend
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,26 @@ def study_lock(study: optuna.Study) -> Iterator[LockState]:
         with _local_lock(study.study_name):
             yield state
         return
-    with FileLock(path):
+    with _file_lock(path):
         yield state
+
+
+@contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """The `filelock` at `path`; a path that cannot be a lock file is a StorageError naming it and the fix."""
+    lock = FileLock(path)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if Path(path).is_dir():
+            fix = "it is a directory: remove it (the lock is a file `hpo run` makes) or move the storage file"
+        else:
+            fix = "the storage's folder must be writable: fix its permissions or move the storage file"
+        raise StorageError(f"cannot take the study lock {path} ({exc.strerror or exc}): {fix}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _lock_path(backend: object) -> str | None:

@@ -1,6 +1,9 @@
 """Every use of Optuna's private API, in one place, each with the reason no public call does the job.
 
-An Optuna upgrade that moves one of these breaks this file and nothing else; `tests/test_storage.py` and
+One use lives elsewhere because it is an override, not a call: `hpo.dbretry.RetryingRDBStorage` overrides
+`RDBStorage._get_prepared_new_trial` (Optuna retries a trial's creation inside it, so only there can a retry
+find the trial its lost reply had already committed). An Optuna upgrade that moves one of these breaks this file
+(or that override) and nothing else; `tests/test_storage.py` and
 `tests/test_worker.py` exercise each function on SQLite, PostgreSQL and journal storages. Checked against
 Optuna 5.1. See docs/ARCHITECTURE.md, "Optuna facts the code relies on".
 """

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.exceptions import ExperimentalWarning
 
 from hpo.errors import SpecError
+from hpo.optuna_private import contains
 from hpo.skopt_sampler import SkoptSampler
 
-__all__ = ["SAMPLERS", "check_options", "make_sampler", "worker_seed"]
+__all__ = ["SAMPLERS", "check_options", "check_space_options", "make_sampler", "worker_seed"]
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "qmc", "skopt")
 
@@ -77,6 +79,38 @@ def make_sampler(name: str, seed: int | None, options: Mapping[str, Any] | None 
     except (ValueError, TypeError) as exc:
         reason = " ".join(str(exc).split())
         raise SpecError(f"bad [sampler.options] for {name!r}: {reason}: fix it in the study spec") from exc
+
+
+def check_space_options(name: str, options: Mapping[str, Any] | None, space: Mapping[str, BaseDistribution]) -> None:
+    """Sampler options that name the search space's fields, checked against it: CMA-ES's `x0`.
+
+    CMA-ES starts from `x0`, which must give every numeric field of the space (it models those, not the
+    categoricals) a value inside its range; a gap or a stray key would fail every trial it samples.
+
+    Raises:
+        SpecError: naming the key or value and the fix.
+    """
+    x0 = (options or {}).get("x0")
+    if name != "cmaes" or x0 is None:
+        return
+    numeric = {k: d for k, d in space.items() if not isinstance(d, CategoricalDistribution)}
+    where = "[sampler.options] x0 of 'cmaes'"
+    stray = sorted(set(x0) - set(numeric))
+    if stray:
+        raise SpecError(f"{where} sets {stray}, not numeric fields of the search space: give {sorted(numeric)} only")
+    missing = sorted(set(numeric) - set(x0))
+    if missing:
+        raise SpecError(f"{where} lacks {missing}: give a start value for every numeric field of the search space")
+    for key, value in x0.items():
+        d = numeric[key]
+        whole = isinstance(value, int) or not isinstance(d, IntDistribution)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and whole
+        if not number:
+            kind = "a whole number" if isinstance(d, IntDistribution) else "a number"
+            raise SpecError(f"{where}: {key} = {value!r} must be {kind} inside its search space: fix [sampler.options]")
+        if not contains(d, value):
+            span = f"[{getattr(d, 'low', '?')}, {getattr(d, 'high', '?')}]"
+            raise SpecError(f"{where}: {key} = {value!r} is outside its search space {span}: pick a value inside")
 
 
 def worker_seed(study_seed: int | None, worker_key: str) -> int | None:

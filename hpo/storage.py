@@ -17,19 +17,21 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.pool import NullPool
 
-from hpo.dbretry import RetryingRDBStorage, first_line
+from hpo.dbretry import RetryingRDBStorage, first_line, permanent_fix
 from hpo.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,36 @@ def mask_url(url: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", url)
 
 
+def url_secrets(url: str) -> set[str]:
+    """The password a URL carries (userinfo or `password=` query), as written, decoded and encoded, and its parts.
+
+    A parser that splits a password at `@`, `:` or `/` prints pieces of it: each piece of 3 characters or more is
+    a secret too.
+    """
+    found: set[str] = set()
+    m = _USERINFO.match(url)
+    if m and m.group("password"):
+        found.add(m.group("password"))
+    found.update(v.split("=", 1)[1] for v in re.findall(r"(?i)[?&](?:password|passwd|pwd)=[^&#]*", url))
+    for secret in list(found):
+        found.update((unquote(secret), quote(secret, safe=""), quote(unquote(secret), safe="")))
+    for secret in list(found):
+        found.update(piece for piece in re.split(r"[@:/?#%]", secret) if len(piece) >= 3)
+    return {s for s in found if s}
+
+
+def mask_secrets(text: str, urls: Iterable[str]) -> str:
+    """`text` with every URL of `urls` masked and every password they carry (or piece of one) as `***`."""
+    secrets: set[str] = set()
+    for url in urls:
+        if url in text:
+            text = text.replace(url, mask_url(url))
+        secrets |= url_secrets(url)
+    for secret in sorted(secrets, key=len, reverse=True):  # the whole password before its pieces
+        text = text.replace(secret, "***")
+    return text
+
+
 def _env_seconds(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
@@ -92,18 +124,21 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
+def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> BaseStorage:
     """Open the storage behind `url` (see the module doc for the URL forms).
 
     Args:
         url: a resolved storage URL (`resolve_url`).
         heartbeat: RDB only: record heartbeats of running trials and reap stale ones (workers, `status`).
+        create: create a missing SQLite or journal file (workers). Commands that only read pass False: a
+            missing file is then a StorageError naming it, and nothing is created.
 
     Raises:
-        StorageError: unknown scheme, malformed URL, missing directory, or a server that does not answer.
+        StorageError: unknown scheme, malformed URL, missing file or directory, a file that is not a database,
+            a locked, read-only or full database, or a server that does not answer or refuses the login.
     """
     if url.startswith(JOURNAL_PREFIX):
-        return _open_journal(url)
+        return _open_journal(url, create)
     if url.startswith(("postgresql://", "postgres://")):
         # A bare postgresql:// would make SQLAlchemy look for psycopg2; psycopg 3 is the driver we ship.
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -112,8 +147,15 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
         raise StorageError(f"unknown storage URL {mask_url(url)!r}: use {_SCHEMES}; {_FIX}")
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StorageError(f"malformed storage URL {mask_url(url)!r} ({exc}): use {_SCHEMES}") from None
+        parsed.port  # noqa: B018 (a port that is not a number fails here)
+    except (ArgumentError, ValueError):
+        # The parser's own text would quote the URL split at the wrong `@` or `:`: pieces of the password.
+        raise StorageError(
+            f"malformed storage URL {mask_url(url)!r}: use {_SCHEMES}; URL-encode a password with @ : / or % "
+            "in it (e.g. @ as %40)"
+        ) from None
+    if scheme == "sqlite":
+        _check_file(parsed.database, "SQLite file", create)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         interval, grace = heartbeat_settings()
@@ -140,20 +182,49 @@ def open_storage(url: str, *, heartbeat: bool = True) -> BaseStorage:
         with _schema_lock(url) if scheme != "sqlite" else nullcontext(), warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RetryingRDBStorage(url, where=where, engine_kwargs=engine_kwargs, **kwargs)
-    except OperationalError as exc:
-        detail = mask_url(first_line(exc.orig or exc))
-        if scheme == "sqlite":
-            hint = "does its directory exist?"
-        elif "does not exist" in detail:
-            hint = f"create it (createdb {parsed.database}) or fix the URL;"
-        else:
-            hint = "is the server running and the URL right?"
-        raise StorageError(f"cannot open {where} ({detail}): {hint} {_FIX}") from None
+    except DatabaseError as exc:  # OperationalError, and sqlite3's "file is not a database"
+        detail = mask_secrets(first_line(exc.orig or exc), [url])
+        raise StorageError(f"cannot open {where} ({detail}): {_open_hint(scheme, detail, parsed)} {_FIX}") from None
     except RuntimeError as exc:  # Optuna's schema-version check
         raise StorageError(
             f"{where} holds an Optuna schema of another version ({first_line(exc)}): "
             f"run `optuna storage upgrade --storage URL`"
         ) from None
+
+
+def _open_hint(scheme: str, detail: str, parsed: Any) -> str:
+    """The fix for an error opening a database, from the driver's text (the right fix, not a generic one)."""
+    low = detail.lower()
+    fix = permanent_fix(low)
+    if fix is not None:
+        return fix
+    if "locked" in low:
+        return "another process holds it locked: wait for it to finish, or use another file;"
+    if "permission denied" in low:
+        return "it is not readable or writable: fix the permissions of the file and its directory;"
+    if scheme == "sqlite":
+        return "does its directory exist?"
+    if "role" in low and "does not exist" in low:
+        return f"no such user: create the role (createuser {parsed.username}) or fix the user in the URL;"
+    if "no password supplied" in low:
+        return "the server asks for a password: add it to the URL (or ~/.pgpass);"
+    if "database" in low and "does not exist" in low:
+        return f"create it (createdb {parsed.database}) or fix the URL;"
+    return "is the server running and the URL right?"
+
+
+def _check_file(path: str | None, what: str, create: bool) -> None:
+    """A storage file that cannot be one (a folder), or a missing one when nothing may be created."""
+    if not path or path == ":memory:" or path.startswith("file:"):  # in memory, or an SQLite URI: SQLite checks
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise StorageError(f"{what} {path} is a directory: name a file in it (e.g. {p / 'hpo.db'}); {_FIX}")
+    if not create and not p.exists():
+        raise StorageError(
+            f"{what} {path} does not exist (this command only reads, and creates none): "
+            f"check the path, or run `hpo run` to create it; {_FIX}"
+        )
 
 
 @contextmanager
@@ -174,14 +245,24 @@ def _schema_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
-def _open_journal(url: str) -> JournalStorage:
+def _open_journal(url: str, create: bool = True) -> JournalStorage:
     # Same convention as SQLite URLs: journal:///rel.log is relative to the cwd, journal:////abs.log absolute.
     path = url[len(JOURNAL_PREFIX) :]
     if not path:
         raise StorageError(f"journal URL {url!r} names no file: use journal:///FILE.log (or journal:////ABS/FILE.log)")
+    _check_file(path, "journal file", create)
     try:
+        # Reads the whole journal: a line that is not one of Optuna's log records fails here, not mid-run.
         return JournalStorage(JournalFileBackend(path))
     except OSError as exc:
         raise StorageError(
             f"cannot open journal file {path} ({exc.strerror}): does its directory exist and is it writable? {_FIX}"
+        ) from None
+    except (ValueError, TypeError, KeyError, AssertionError, AttributeError, IndexError) as exc:
+        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; the others come from replaying a record
+        # of the wrong shape.
+        kind = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else type(exc).__name__
+        raise StorageError(
+            f"journal file {path} is not an Optuna journal or is corrupt ({kind}): restore it from a backup, "
+            f"or give another file; {_FIX}"
         ) from None

@@ -20,6 +20,7 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD")
 KL_ANNEAL_TYPES = ("Cyclical", "Monotonic", "None")
 TF_GRANULARITIES = ("epoch", "batch")
 AMP_MODES = ("none", "bf16", "fp16")
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers' seed range; torch takes it too
 
 
 @dataclass
@@ -109,8 +110,26 @@ class TrainConfig:
         dev = self.device
         ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
         _check(ok_dev, f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
-        for name in ("lr", "tfr", "tfr_d_step", "kl_anneal_ratio", "weight_decay", "lr_gamma"):
+        for name in (
+            "lr",
+            "tfr",
+            "tfr_d_step",
+            "kl_anneal_ratio",
+            "weight_decay",
+            "lr_gamma",
+            "momentum",
+            "finetune_lr",
+        ):
             _check(math.isfinite(getattr(self, name)), f"{name} must be a finite number")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0 (0 = off), got {self.weight_decay}")
+        _check(self.momentum >= 0, f"momentum must be >= 0 (0 = plain SGD), got {self.momentum}")
+        _check(
+            all(m >= 1 for m in self.lr_milestones),
+            f"lr_milestones must be epochs >= 1, got {self.lr_milestones} (e.g. --set lr_milestones=[2,5])",
+        )
+        for name in ("seed", "synth_seed"):
+            value = getattr(self, name)
+            _check(0 <= value <= MAX_SEED, f"{name} must be in 0..{MAX_SEED}, got {value}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,7 +228,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found: check the path")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}): check its permissions") from None
     except tomllib.TOMLDecodeError as exc:
         # Python 3.11's TOMLDecodeError has no lineno attribute; its message ends "(at line N, column M)".
         raise ConfigError(f"{p}: TOML syntax error: {exc}; fix that line") from None

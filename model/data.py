@@ -4,8 +4,9 @@
     ROOT/val/val_img/frameN.png       ROOT/val/val_label/frameN.png
     ROOT/test/test_img/K/<one png>    ROOT/test/test_label/K/frameN.png   (optional: first frame + poses)
 
-Frames sort by the number in their name. Images are decoded and resized once into a cache
-(model.datacache); training reads only that cache. `config.data == ""` selects the synthetic set.
+Frames sort by the last number in their name; a frame whose name has none is a problem. Images are decoded
+and resized once into a cache (model.datacache); training reads only that cache. `config.data == ""` selects
+the synthetic set.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from model.dataset import DataSet, Videos
 from model.errors import DataError
 from model.synth import synthetic_data
 
-__all__ = ["DataCache", "Layout", "check_data", "frame_key", "load_data", "scan", "summary"]
+__all__ = ["DataCache", "Layout", "check_data", "check_layout", "frame_key", "load_data", "scan", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,34 @@ def frame_key(name: str) -> tuple[int, int, str]:
     return (0, int(numbers[-1]), name) if numbers else (1, 0, name)
 
 
+def _unnumbered(files: dict[str, ImageFile], what: str) -> list[str]:
+    """A line per frame file whose name has no number: its place in the video would be a guess."""
+    return [
+        f"{files[n]} has no frame number in its name: rename it frameN.png (N = its place in the video) or remove "
+        f"it{what}"
+        for n in sorted(files)
+        if frame_key(n)[0]
+    ]
+
+
+def _files(root: Path, rel_folder: str, problems: list[str]) -> dict[str, ImageFile]:
+    """`image_files`, with a file that cannot be read (a symlink loop, a dangling link) as a problem."""
+    try:
+        return image_files(root, rel_folder)
+    except DataError as exc:
+        problems.append(str(exc))
+        return {}
+
+
+def _folder_problem(path: Path, why: str, fix: str) -> str | None:
+    """None when path is a folder; else why it is not (a link that leads nowhere is named as one)."""
+    if path.is_dir():
+        return None
+    if path.is_symlink():
+        return f"{path}: a symbolic link that leads to no folder (a loop or a missing target): fix or remove the link"
+    return f"{path}: {'not a folder' if path.exists() else 'folder not found'} ({why}): {fix}"
+
+
 def _listed(problems: list[str], lines: list[str]) -> None:
     problems.extend(lines[:MAX_LISTED])
     if len(lines) > MAX_LISTED:
@@ -62,7 +91,7 @@ def _listed(problems: list[str], lines: list[str]) -> None:
 
 
 def _missing_folders(root: Path, folders: list[str], why: str, fix: str) -> list[str]:
-    return [f"{root / d}: folder not found ({why}): {fix}" for d in folders if not (root / d).is_dir()]
+    return [line for d in folders if (line := _folder_problem(root / d, why, fix)) is not None]
 
 
 def _scan_pairs(root: Path, split: str, problems: list[str]) -> list[tuple[ImageFile, ImageFile]] | None:
@@ -77,7 +106,8 @@ def _scan_pairs(root: Path, split: str, problems: list[str]) -> list[tuple[Image
     if missing:
         problems.extend(missing)
         return None
-    imgs, labels = image_files(root, img_dir), image_files(root, label_dir)
+    imgs, labels = _files(root, img_dir, problems), _files(root, label_dir, problems)
+    _listed(problems, _unnumbered(imgs, " with its pose image") + _unnumbered(labels, " with its frame"))
     lonely_imgs = sorted(imgs.keys() - labels.keys(), key=frame_key)
     lonely_labels = sorted(labels.keys() - imgs.keys(), key=frame_key)
     _listed(
@@ -117,14 +147,15 @@ def _scan_test(root: Path, layout: Layout, problems: list[str]) -> None:
     if not ids and not lines:
         problems.append(f"{img_dir} holds no test videos: add folders K/ with a first frame or remove {test}")
     for k in ids:
-        firsts = image_files(root, f"test/test_img/{k}")
-        poses = image_files(root, f"test/test_label/{k}")
+        firsts = _files(root, f"test/test_img/{k}", problems)
+        poses = _files(root, f"test/test_label/{k}", problems)
         if not firsts:
             problems.append(f"{img_dir / k} has no first frame (a png): add it or remove the video")
             continue
         if not poses:
             problems.append(f"{label_dir / k} has no pose images: add them or remove the video")
             continue
+        _listed(problems, _unnumbered(poses, ""))
         first = firsts[min(firsts, key=frame_key)]
         if len(firsts) > 1:
             logger.warning("%s holds %d pngs; using %s as the first frame", img_dir / k, len(firsts), first)
@@ -143,7 +174,10 @@ def scan(root: str | Path, config: TrainConfig) -> tuple[Layout, list[str]]:
     """Find and pair every file of the data set at root; returns the layout and the problems found."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        what = "is not a folder" if root.exists() else "not found"
+        if root.is_symlink():
+            what = "is a symbolic link that leads to no folder (a loop or a missing target)"
+        else:
+            what = "is not a folder" if root.exists() else "not found"
         return Layout(root), [f'data dir {root} {what}: check the path (data = "" selects the synthetic set)']
     problems: list[str] = []
     layout = Layout(root.resolve())
@@ -219,6 +253,19 @@ def check_data(root: str | Path, config: TrainConfig | None = None) -> list[str]
     except DataError as exc:
         problems.append(str(exc))
     return problems
+
+
+def check_layout(config: TrainConfig) -> None:
+    """Find the problems of config.data's layout without decoding anything (a no-op for the synthetic set).
+
+    Raises:
+        DataError: the folder is missing, empty, unpaired, has unnumbered frames or too few of them; the
+            message names the first problem and, when there are more, `hpo data check`.
+    """
+    if config.data:
+        _, problems = scan(config.data, config)
+        if problems:
+            raise DataError(_one_line(problems, Path(config.data)))
 
 
 def summary(root: str | Path, config: TrainConfig | None = None) -> str:

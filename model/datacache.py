@@ -60,13 +60,22 @@ class ImageFile:
 
 
 def image_files(root: Path, rel_folder: str) -> dict[str, ImageFile]:
-    """File name -> ImageFile for every .png in root/rel_folder (one scandir, one stat per file)."""
+    """File name -> ImageFile for every .png in root/rel_folder (one scandir, one stat per file).
+
+    Raises:
+        DataError: the folder or a .png in it cannot be read (a symbolic link loop, no permission).
+    """
     out: dict[str, ImageFile] = {}
-    with os.scandir(root / rel_folder) as entries:
-        for entry in entries:
-            if entry.name.lower().endswith(".png") and entry.is_file():
-                st = entry.stat()
-                out[entry.name] = ImageFile(entry.path, f"{rel_folder}/{entry.name}", st.st_size, st.st_mtime_ns)
+    path = root / rel_folder
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.name.lower().endswith(".png") and entry.is_file():
+                    st = entry.stat()
+                    out[entry.name] = ImageFile(entry.path, f"{rel_folder}/{entry.name}", st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror or exc}): fix or remove it") from None
     return out
 
 

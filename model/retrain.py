@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import config_of, load_checkpoint, model_from_checkpoint, save_json
+from model.checkpoint import check_resumable, config_of, load_checkpoint, model_from_checkpoint, save_json
 from model.config import TrainConfig, load_config
 from model.data import DataCache
 from model.dataset import DataSet
@@ -140,6 +140,8 @@ def _resume_state(config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in free]
     fix = "resume with the same config, --epochs and --set, or start a new --out"
     check_fields(config_of(state), config, names, str(last), fix)
+    check_resumable(state, last)  # a part of the wrong shape fails here, not in the middle of training
+    model_from_checkpoint(state)  # its weights fit its config
     return state
 
 

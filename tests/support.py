@@ -1,4 +1,5 @@
-"""Helpers shared by the tests and bench/bench_storage.py: a scratch PostgreSQL database, a cheap worker process.
+"""Helpers shared by the tests and bench/bench_storage.py: a scratch PostgreSQL database, a cheap worker process,
+and for the tests, `hpo` run in-process with its usage errors checked.
 
 Not a test module and free of pytest, so that the bench can import it too (it puts tests/ on sys.path).
 """
@@ -91,3 +92,22 @@ class CheapWorker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"worker hung; stdout {self.lines()}; stderr {self.err.read_text()[-2000:]}") from None
+
+
+def cli(capsys, *argv: object) -> tuple[int, str, str]:
+    """`hpo ARGV...` in this process (arguments str()-ed): exit code, stdout, stderr (`capsys`, pytest's fixture)."""
+    from hpo.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(code: int, err: str, *needles: str) -> None:
+    """Exit 2 with one `error: ...` line on stderr, no traceback, holding every needle."""
+    assert code == 2, f"exit {code}, not 2; stderr {err!r}"  # messages: pytest does not rewrite asserts here
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]

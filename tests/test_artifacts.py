@@ -18,7 +18,6 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from hpo.artifacts import ARTIFACTS_ENV, PSNR_ATTR, artifact_store_for, artifacts_dir, upload_trial_artifacts
-from hpo.spec import load_spec
 from hpo.storage import open_storage
 from model.data import load_data
 from model.media import STRIP_COLUMNS, frame_strip_png, psnr_plot_png
@@ -31,25 +30,11 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_config):
     """A tiny config, its synthetic data and a model trained one epoch on it (a second on the CPU)."""
-    config = load_spec("smoke").base_config({"epochs": 1, "device": "cpu", "val_vi_len": 10})
+    config = tiny_config(epochs=1, val_vi_len=10, seed=0)  # the smoke spec's fixed fields, as trials get them
     data = load_data(config)
     return config, data, train(config, data)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory):
-    """`hpo run --study smoke --n-trials 4` on a fresh SQLite file: real tiny trials through run_study."""
-    from hpo.run import RunOptions, run_study
-
-    folder = tmp_path_factory.mktemp("run")
-    url = f"sqlite:///{folder}/hpo.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(ARTIFACTS_ENV, raising=False)
-        run_study(RunOptions(study="smoke", n_trials=4, storage=url, device="cpu", quiet=True))
-    study = optuna.load_study(study_name="smoke", storage=open_storage(url, heartbeat=False))
-    return folder, url, study
 
 
 def test_artifacts_dir_follows_the_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,8 +124,8 @@ def test_psnr_plot_draws_each_video_and_the_mean() -> None:
     assert (single == light).all(axis=1).sum() == 0  # one video: only the mean
 
 
-def test_run_study_attaches_artifacts_to_every_complete_trial(smoke_run) -> None:
-    folder, _, study = smoke_run
+def test_run_study_attaches_artifacts_to_every_complete_trial(smoke_study) -> None:
+    folder, study = smoke_study.folder, smoke_study.load()
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4
     for t in study.trials:
@@ -155,10 +140,11 @@ def test_run_study_attaches_artifacts_to_every_complete_trial(smoke_run) -> None
     assert len(stored) == 2 * len(complete)
 
 
-def test_export_attaches_the_toml_to_the_study(smoke_run, tmp_path: Path) -> None:
+def test_export_attaches_the_toml_to_the_study(smoke_study, tmp_path: Path) -> None:
     from hpo.commands import export
 
-    _, url, study = smoke_run
+    run = smoke_study.copy(tmp_path / "study")  # the export attaches a file to the study
+    url, study = run.url, run.load()
     out = tmp_path / "best.toml"
     assert export.run(argparse.Namespace(study="smoke", storage=url, output=str(out))) == 0
     metas = [m for m in get_all_artifact_meta(study) if m.filename == "best.toml"]

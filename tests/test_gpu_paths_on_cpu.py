@@ -9,36 +9,24 @@ import sys
 import pytest
 import torch
 
-from model.config import TrainConfig
 from model.device import flush_denormals, on_glibc
 from model.errors import ConfigError
 from model.synth import synthetic_data
 from model.train import train
 
-TINY = dict(
-    epochs=1,
-    batch_size=2,
-    train_vi_len=4,
-    val_vi_len=6,
-    frame_h=8,
-    frame_w=16,
-    f_dim=8,
-    l_dim=4,
-    n_dim=4,
-    d_out_dim=8,
-    synth_train_frames=16,
-    device="cpu",
-    kl_anneal_cycle=1,
-    seed=5,
-)
+
+@pytest.fixture
+def run(tiny_config):
+    """`run(**overrides)`: train conftest's tiny config for one epoch on 16 frames (seed 5); the result."""
+
+    def train_tiny(**overrides):
+        config = tiny_config(epochs=1, synth_train_frames=16, seed=5, **overrides)
+        return train(config, synthetic_data(config))
+
+    return train_tiny
 
 
-def run(**kw):
-    config = TrainConfig(**{**TINY, **kw}).validate()
-    return train(config, synthetic_data(config))
-
-
-def test_channels_last_matches_contiguous():
+def test_channels_last_matches_contiguous(run):
     a, b = run(), run(channels_last=True)
     assert math.isclose(a.val_psnr, b.val_psnr, abs_tol=1e-3), (a.val_psnr, b.val_psnr)
     assert b.model.frame_enc is not None
@@ -46,13 +34,13 @@ def test_channels_last_matches_contiguous():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_bf16_autocast_trains_close_to_fp32():
+def test_bf16_autocast_trains_close_to_fp32(run):
     a, b = run(), run(amp="bf16")
     assert math.isfinite(b.history[0]["train_loss"]) and math.isfinite(b.val_psnr)
     assert abs(a.val_psnr - b.val_psnr) < 0.5, (a.val_psnr, b.val_psnr)
 
 
-def test_fp16_needs_cuda():
+def test_fp16_needs_cuda(run):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="amp=fp16 needs a CUDA device"):
@@ -60,7 +48,7 @@ def test_fp16_needs_cuda():
 
 
 @pytest.mark.slow
-def test_compiled_model_gives_the_eager_result():
+def test_compiled_model_gives_the_eager_result(run):
     a, b = run(), run(compile=True)
     assert math.isclose(a.val_psnr, b.val_psnr, abs_tol=1e-2), (a.val_psnr, b.val_psnr)
     assert set(a.model.state_dict()) == set(b.model.state_dict())  # checkpoints keep their keys

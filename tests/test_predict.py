@@ -8,65 +8,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import assert_usage_error, cli
 
 from hpo.cli import main
-from model.config import TrainConfig, to_toml
+from model.config import to_toml
 from model.predict import write_submission
 from model.synth import make_synthetic
 
-TINY = dict(
-    f_dim=8,
-    l_dim=4,
-    n_dim=4,
-    d_out_dim=8,
-    frame_h=8,
-    frame_w=16,
-    train_vi_len=4,
-    val_vi_len=6,
-    synth_train_frames=24,
-    epochs=2,
-    batch_size=2,
-    kl_anneal_cycle=1,
-    device="cpu",
-    seed=2,
-)
 SET = dict(train_frames=24, val_videos=1, val_len=6, test_videos=2, test_len=5, height=8, width=16)
 D = 3 * 8 * 16
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, tiny_config):
     """A tiny synthetic set in the lab layout with two test videos of 5 poses, and a run retrained on it."""
     root = tmp_path_factory.mktemp("predict")
     data = make_synthetic(root / "lab", seed=3, **SET)
     cfg = root / "best.toml"
-    cfg.write_text(to_toml(TrainConfig(**TINY, data=str(data)).validate()))
+    cfg.write_text(to_toml(tiny_config(seed=2, data=str(data))))
     torch.set_num_threads(1)
     assert main(["retrain", str(cfg), "--out", str(root / "run"), "-q"]) == 0
     return data, root / "run"
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_predict_writes_the_submission(lab, tmp_path, capsys):
@@ -130,10 +94,10 @@ def test_truncated_checkpoint(lab, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("field", "value"), [("f_dim", 16), ("frame_w", 64)])
-def test_checkpoint_of_another_shape_names_the_field(lab, tmp_path, capsys, field, value):
+def test_checkpoint_of_another_shape_names_the_field(lab, tiny_config, tmp_path, capsys, field, value):
     data, run = lab
     code, err = run_bad(capsys, tmp_path, run / "best.pt", data, "--set", f"{field}={value}")
-    old = TINY[field]
+    old = getattr(tiny_config(), field)  # what `lab` trained with
     assert_usage_error(code, err, f"{field}={old} but this run asks for {field}={value}")
 
 

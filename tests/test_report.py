@@ -17,7 +17,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
-from hpo.artifacts import ARTIFACTS_ENV
 from hpo.cli import main
 from hpo.report import build_report, edge_warnings, reproduce_command
 from hpo.storage import open_storage
@@ -54,16 +53,11 @@ def _report(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory):
-    """4 real tiny trials (`hpo run --study smoke --n-trials 4`) plus one FAIL with its reason, as workers record."""
-    from hpo.run import RunOptions, run_study
-
-    folder = tmp_path_factory.mktemp("report")
-    url = f"sqlite:///{folder}/hpo.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(ARTIFACTS_ENV, raising=False)
-        run_study(RunOptions(study="smoke", n_trials=4, storage=url, device="cpu", quiet=True))
-    study = optuna.load_study(study_name="smoke", storage=open_storage(url, heartbeat=False))
+def smoke(smoke_study, tmp_path_factory: pytest.TempPathFactory):
+    """4 real tiny trials (conftest's `hpo run --study smoke --n-trials 4`, copied) plus one FAIL with its reason,
+    as workers record."""
+    run = smoke_study.copy(tmp_path_factory.mktemp("report") / "study")
+    folder, url, study = run.folder, run.url, run.load()
     failed = study.ask()
     failed.set_user_attr("fail_reason", FAIL_REASON)
     study.tell(failed, state=TrialState.FAIL)

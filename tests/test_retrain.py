@@ -1,5 +1,6 @@
 """`hpo retrain`: outputs, best-K checkpoints, exact resume after a crash or a SIGKILL, seeds, bad input."""
 
+import functools
 import json
 import os
 import signal
@@ -11,62 +12,30 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from support import assert_usage_error, cli
 
-from hpo.cli import main
 from model.checkpoint import load_checkpoint
-from model.config import TrainConfig, to_toml
+from model.config import to_toml
 from model.retrain import retrain, retrain_config, run_one
 from model.synth import synthetic_data
 
-TINY = dict(
-    f_dim=8,
-    l_dim=4,
-    n_dim=4,
-    d_out_dim=8,
-    frame_h=8,
-    frame_w=16,
-    train_vi_len=4,
-    val_vi_len=6,
-    synth_train_frames=24,
-    epochs=3,
-    batch_size=2,
-    kl_anneal_cycle=1,
-    device="cpu",
-    seed=5,
-)
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI box's other jobs do not slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def cfg(tmp_path):
+def tiny(tiny_config):
+    """`tiny(**overrides)`: conftest's tiny config, 3 epochs, seed 5."""
+    return functools.partial(tiny_config, epochs=3, seed=5)
+
+
+@pytest.fixture
+def cfg(tmp_path, tiny):
     """A complete exported-style TOML of the tiny config."""
     path = tmp_path / "best.toml"
-    path.write_text(to_toml(TrainConfig(**TINY).validate(), "vp-hpo export: test"))
+    path.write_text(to_toml(tiny(), "vp-hpo export: test"))
     return str(path)
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def epochs_of(out):
@@ -80,7 +49,7 @@ def same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_retrain_writes_every_output(cfg, tmp_path, capsys):
+def test_retrain_writes_every_output(cfg, tiny, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = cli(capsys, "retrain", cfg, "--out", out, "--set", "finetune_epochs=2", "--epochs", "2", "-q")
     assert code == 0
@@ -103,23 +72,23 @@ def test_retrain_writes_every_output(cfg, tmp_path, capsys):
     with Image.open(out / "psnr_per_frame.png") as im:
         assert im.format == "PNG"
     with Image.open(out / "val.gif") as im:
-        assert im.n_frames == TINY["val_vi_len"] - 1
+        assert im.n_frames == tiny().val_vi_len - 1
     lines = (out / "submission.csv").read_text().splitlines()
     assert lines[0] == ",".join(["id", *map(str, range(3 * 8 * 16))])
-    assert len(lines) == 1 + TINY["val_vi_len"]
+    assert len(lines) == 1 + tiny().val_vi_len
     assert (out / "test-0.gif").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
 
-def test_keep_best_prunes_to_k(tmp_path):
-    config = TrainConfig(**TINY, out=str(tmp_path / "k1"), keep_best=1).validate()
+def test_keep_best_prunes_to_k(tiny, tmp_path):
+    config = tiny(out=str(tmp_path / "k1"), keep_best=1)
     run_one(config, synthetic_data(config))
     kept = list((tmp_path / "k1").glob("best-e*.pt"))
     assert len(kept) == 1 and same_weights(kept[0], tmp_path / "k1" / "best.pt")
 
 
-def test_resume_after_a_crash_equals_uninterrupted(tmp_path):
-    config = TrainConfig(**TINY, out=str(tmp_path / "full"), finetune_epochs=2).validate()
+def test_resume_after_a_crash_equals_uninterrupted(tiny, tmp_path):
+    config = tiny(out=str(tmp_path / "full"), finetune_epochs=2)
     data = synthetic_data(config)
     run_one(config, data)
 
@@ -247,8 +216,8 @@ def test_resume_from_a_truncated_checkpoint(cfg, tmp_path, capsys):
     assert_usage_error(code, err, "truncated")
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path):
-    config = TrainConfig(**{**TINY, "epochs": 1}, out=str(tmp_path / "fresh")).validate()
+def test_resume_without_checkpoint_starts_fresh(tiny, tmp_path):
+    config = tiny(epochs=1, out=str(tmp_path / "fresh"))
     report = retrain(config, resume=True)
     assert report.runs[0].resumed_from is None and (tmp_path / "fresh" / "last.pt").is_file()
 

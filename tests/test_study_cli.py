@@ -22,17 +22,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, list[
     return code, out, err.strip().splitlines()
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """A smoke study of 4 finished trials in a fresh SQLite file."""
-    tmp = tmp_path_factory.mktemp("study")
-    url = f"sqlite:///{tmp / 'hpo.db'}"
-    assert main(["run", "--study", "smoke", "--n-trials", "4", "--storage", url, "-q"]) == 0
-    return url, tmp
+# `smoke_study` (conftest): `hpo run --study smoke --n-trials 4` once per session, 4 finished trials in SQLite.
 
 
-def test_run_status_best(finished: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    url, _ = finished
+def test_run_status_best(smoke_study, capsys: pytest.CaptureFixture[str]) -> None:
+    url = smoke_study.url
     study = optuna.load_study(study_name="smoke", storage=url)
     done = [t for t in study.trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 4
@@ -53,9 +47,9 @@ def test_run_status_best(finished: tuple[str, Path], capsys: pytest.CaptureFixtu
 
 
 def test_export_then_train_reproduces_the_trial(
-    finished: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, _ = finished
+    url = smoke_study.copy(tmp_path / "study").url  # the export attaches a file to the study
     study = optuna.load_study(study_name="smoke", storage=url)
     out_toml = tmp_path / "best.toml"
     code, out, err = cli(capsys, "export", "--study", "smoke", "--storage", url, "-o", str(out_toml))
@@ -72,9 +66,9 @@ def test_export_then_train_reproduces_the_trial(
 
 
 def test_changed_space_or_direction_is_refused_and_names_a_new_study(
-    finished: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, _ = finished
+    url = smoke_study.copy(tmp_path / "study").url  # `hpo run` on it, refused: the shared study stays as it was
     before = len(optuna.load_study(study_name="smoke", storage=url).trials)
     text = SMOKE.read_text()
     changed = {
@@ -92,9 +86,9 @@ def test_changed_space_or_direction_is_refused_and_names_a_new_study(
 
 @pytest.mark.parametrize("command", ["best", "export", "status"])
 def test_unknown_study_is_one_line(
-    command: str, finished: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, smoke_study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, _ = finished
+    url = smoke_study.url
     extra = ["-o", str(tmp_path / "x.toml")] if command == "export" else []
     code, _, err = cli(capsys, command, "--study", "nope", "--storage", url, *extra)
     assert code == 2 and len(err) == 1

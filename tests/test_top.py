@@ -6,42 +6,20 @@ import math
 import optuna
 import pytest
 import torch
+from support import assert_usage_error
 
 from hpo.cli import main
 from hpo.top import format_table, reevaluate, top_trials
-from model.config import TrainConfig
 from model.synth import synthetic_data
 from model.train import train
 
-TINY = dict(
-    f_dim=8,
-    l_dim=4,
-    n_dim=4,
-    d_out_dim=8,
-    frame_h=8,
-    frame_w=16,
-    train_vi_len=4,
-    val_vi_len=6,
-    synth_train_frames=24,
-    epochs=1,
-    batch_size=2,
-    kl_anneal_cycle=1,
-    device="cpu",
-    seed=4,
-)
 LRS = (1e-4, 3e-3, 1e-2)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def study_url(tmp_path_factory):
+def study_url(tmp_path_factory, tiny_config):
     """A SQLite study of three trained trials (ask/tell, each with its complete config), a FAIL and a PRUNED."""
     url = f"sqlite:///{tmp_path_factory.mktemp('top') / 'hpo.db'}"
     study = optuna.create_study(storage=url, study_name="tiny", direction="maximize")
@@ -49,12 +27,12 @@ def study_url(tmp_path_factory):
     for lr in LRS:
         study.enqueue_trial({"lr": lr})
         trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
-        config = TrainConfig(**{**TINY, "lr": trial.params["lr"]}).validate()
+        config = tiny_config(epochs=1, seed=4, lr=trial.params["lr"])
         trial.set_user_attr("config", json.dumps(config.to_dict()))
         study.tell(trial, train(config, synthetic_data(config)).val_psnr)
     for state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED):
         trial = study.ask()
-        trial.set_user_attr("config", json.dumps(TrainConfig(**TINY).to_dict()))
+        trial.set_user_attr("config", json.dumps(tiny_config(epochs=1, seed=4).to_dict()))
         trial.report(1000.0, 0)  # a high intermediate value must not make a pruned trial "best"
         study.tell(trial, state=state)
     return url
@@ -118,16 +96,9 @@ def test_cli_prints_the_table(study_url, capsys):
     assert "trial" in err and "seed 4" in err  # one progress line per run
 
 
-def _assert_usage_error(code, err, needle):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
-    assert "Traceback" not in err
-
-
 def test_unknown_study(study_url, capsys):
     code = main(["top", "--study", "nope", "--storage", study_url])
-    _assert_usage_error(code, capsys.readouterr().err, "unknown study 'nope'")
+    assert_usage_error(code, capsys.readouterr().err, "unknown study 'nope'")
 
 
 def test_study_without_complete_trials(tmp_path, capsys):
@@ -135,13 +106,13 @@ def test_study_without_complete_trials(tmp_path, capsys):
     study = optuna.create_study(storage=url, study_name="empty", direction="maximize")
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     code = main(["top", "--study", "empty", "--storage", url])
-    _assert_usage_error(code, capsys.readouterr().err, "no complete trial")
+    assert_usage_error(code, capsys.readouterr().err, "no complete trial")
 
 
 @pytest.mark.parametrize(("argv", "needle"), [(["-k", "0"], "-k"), (["--seeds", "0"], "--seeds")])
 def test_bad_counts(study_url, capsys, argv, needle):
     code = main(["top", "--study", "tiny", "--storage", study_url, *argv])
-    _assert_usage_error(code, capsys.readouterr().err, needle)
+    assert_usage_error(code, capsys.readouterr().err, needle)
 
 
 def test_a_real_study_reruns_its_trials_exactly(tmp_path):

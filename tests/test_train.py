@@ -1,5 +1,6 @@
 """The trainer on the synthetic set: learns, is deterministic, stops on NaN, checkpoints round-trip."""
 
+import functools
 import json
 import math
 
@@ -13,26 +14,11 @@ from model.metrics import copy_last_psnr
 from model.synth import synthetic_data
 from model.train import evaluate, train
 
-TINY = dict(
-    epochs=2,
-    batch_size=2,
-    train_vi_len=4,
-    val_vi_len=6,
-    frame_h=8,
-    frame_w=16,
-    f_dim=8,
-    l_dim=4,
-    n_dim=4,
-    d_out_dim=8,
-    synth_train_frames=24,
-    device="cpu",
-    kl_anneal_cycle=1,
-    seed=3,
-)
 
-
-def tiny(**kw):
-    return TrainConfig(**{**TINY, **kw}).validate()
+@pytest.fixture
+def tiny(tiny_config):
+    """`tiny(**overrides)`: conftest's tiny config, seed 3."""
+    return functools.partial(tiny_config, seed=3)
 
 
 @pytest.mark.slow
@@ -67,7 +53,7 @@ def test_three_epochs_beat_copy_last_frame_by_3_db():
     assert result.val_psnr >= baseline + 3.0, (result.val_psnr, baseline)
 
 
-def test_history_hook_and_determinism():
+def test_history_hook_and_determinism(tiny):
     config = tiny()
     data = synthetic_data(config)
     seen = []
@@ -82,7 +68,7 @@ def test_history_hook_and_determinism():
     assert math.isclose(a.val_psnr, float(a.psnr_per_frame.mean()), rel_tol=1e-6)
 
 
-def test_hook_may_raise_to_stop():
+def test_hook_may_raise_to_stop(tiny):
     class Stop(Exception):
         pass
 
@@ -93,7 +79,7 @@ def test_hook_may_raise_to_stop():
         train(tiny(), synthetic_data(tiny()), on_epoch=hook)
 
 
-def test_nan_loss_raises_diverged_naming_the_epoch():
+def test_nan_loss_raises_diverged_naming_the_epoch(tiny):
     config = tiny(optimizer="SGD", lr=1e12, momentum=0.0, grad_clip=0.0, epochs=3)
     with pytest.raises(DivergedError, match=r"diverged at epoch \d"):
         train(config, synthetic_data(config))
@@ -115,7 +101,7 @@ def test_clamped_feedback_keeps_a_large_lr_trial_from_diverging():
     assert math.isfinite(train(config, data).val_psnr)
 
 
-def test_checkpoint_round_trip_identical_outputs(tmp_path):
+def test_checkpoint_round_trip_identical_outputs(tiny, tmp_path):
     config = tiny(out=str(tmp_path / "run"))
     data = synthetic_data(config)
     result = train(config, data)
@@ -131,14 +117,14 @@ def test_checkpoint_round_trip_identical_outputs(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp")), "no temp files left behind"
 
 
-def test_finetune_stage_runs_after_main():
+def test_finetune_stage_runs_after_main(tiny):
     config = tiny(epochs=1, finetune_epochs=1, finetune_optimizer="SGD", finetune_lr=1e-3)
     result = train(config, synthetic_data(config))
     assert [m["stage"] for m in result.history] == ["main", "finetune"]
     assert result.history[1]["lr"] == pytest.approx(1e-3)
 
 
-def test_resume_continues_to_the_same_result(tmp_path):
+def test_resume_continues_to_the_same_result(tiny, tmp_path):
     full = train(tiny(epochs=3), synthetic_data(tiny()))
     config = tiny(epochs=3, out=str(tmp_path / "r"))
 

@@ -12,8 +12,6 @@ import datetime
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -25,6 +23,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
+from support import CheapWorker
 
 from hpo.budget import _confirm_claim, budget_counts, claim_trial
 from hpo.optuna_private import backend_of
@@ -34,7 +33,6 @@ from hpo.storage import open_storage
 from hpo.worker import run_worker
 from model.errors import DivergedError
 
-WORKER = Path(__file__).parent / "workers" / "cheap_worker.py"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -298,37 +296,6 @@ def test_sampler_error_in_the_claim_leaves_no_running_trial() -> None:
 # ---------------------------------------------------------------- real worker processes
 
 
-class Worker:
-    """A cheap_worker.py subprocess whose stdout/stderr go to files the test reads."""
-
-    def __init__(self, tmp: Path, tag: str, url: str, n_trials: int, seed: int, *opts: str) -> None:
-        self.out, self.err = tmp / f"{tag}.out", tmp / f"{tag}.err"
-        cmd = [sys.executable, str(WORKER), url, "s", str(n_trials), "--seed", str(seed), *opts]
-        with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=err)
-
-    def lines(self) -> list[str]:
-        return self.out.read_text().splitlines()
-
-    def wait_for(self, prefix: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines():
-                if line.startswith(prefix):
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no {prefix!r} line; stdout {self.lines()}; stderr {self.err.read_text()[-2000:]}")
-
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"worker hung; stdout {self.lines()}; stderr {self.err.read_text()[-2000:]}") from None
-
-
 def _new_study(url: str) -> optuna.Study:
     return optuna.create_study(storage=open_storage(url), study_name="s", direction="minimize")
 
@@ -343,10 +310,10 @@ def _assert_study_done(study: optuna.Study, n: int) -> list[optuna.trial.FrozenT
     return finished
 
 
-def _start_together(tmp: Path, url: str, n_workers: int, n_trials: int, *opts: str) -> list[Worker]:
+def _start_together(tmp: Path, url: str, n_workers: int, n_trials: int, *opts: str) -> list[CheapWorker]:
     """Workers that begin claiming at the same instant (after their imports), to make claims collide."""
     go = tmp / "go"
-    workers = [Worker(tmp, f"w{i}", url, n_trials, i, "--go", str(go), *opts) for i in range(n_workers)]
+    workers = [CheapWorker(tmp, f"w{i}", url, n_trials, i, "--go", str(go), *opts) for i in range(n_workers)]
     for w in workers:
         w.wait_for("ready")
     go.touch()
@@ -359,16 +326,24 @@ def _url(kind: str, tmp: Path, request: pytest.FixtureRequest) -> str:
     return {"sqlite": f"sqlite:///{tmp / 'hpo.db'}", "journal": f"journal:///{tmp / 'hpo.log'}"}[kind]
 
 
+def _run_together(
+    kind: str, tmp: Path, request: pytest.FixtureRequest, n_workers: int, n_trials: int, *opts: str
+) -> tuple[optuna.Study, list[CheapWorker]]:
+    """A fresh study on storage `kind`, and workers started together on it (`_start_together`) that all exit 0."""
+    url = _url(kind, tmp, request)
+    study = _new_study(url)
+    workers = _start_together(tmp, url, n_workers, n_trials, *opts)
+    assert [w.finish() for w in workers] == [0] * n_workers
+    return study, workers
+
+
 KINDS = ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_three_workers_share_the_budget_exactly(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    url = _url(kind, tmp_path, request)
-    study = _new_study(url)
-    workers = _start_together(tmp_path, url, 3, 9, "--epochs", "3", "--epoch-seconds", "0.1")
-    assert [w.finish() for w in workers] == [0, 0, 0]
+    study, workers = _run_together(kind, tmp_path, request, 3, 9, "--epochs", "3", "--epoch-seconds", "0.1")
     finished = _assert_study_done(study, 9)
     ends = [line for w in workers for line in w.lines() if line.startswith("end ") and " FAIL " not in line]
     assert len(ends) == 9  # every worker stopped at the shared budget: no overshoot
@@ -380,10 +355,7 @@ def test_three_workers_share_the_budget_exactly(kind: str, tmp_path: Path, reque
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_colliding_claims_never_overdraw_the_budget(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    url = _url(kind, tmp_path, request)
-    study = _new_study(url)
-    workers = _start_together(tmp_path, url, 4, 2, "--epochs", "2", "--epoch-seconds", "0.1")
-    assert [w.finish() for w in workers] == [0, 0, 0, 0]
+    study, _ = _run_together(kind, tmp_path, request, 4, 2, "--epochs", "2", "--epoch-seconds", "0.1")
     _assert_study_done(study, 2)
     assert len(study.trials) == 2  # no trial was even created beyond the budget
 
@@ -404,12 +376,12 @@ def test_killed_worker_on_journal_is_reaped_by_host_and_pid(tmp_path: Path) -> N
 def _check_kill_is_recovered(url: str, tmp: Path) -> None:
     study = _new_study(url)
     opts = ("--epochs", "5", "--epoch-seconds", "0.1", "--poll", "0.2")
-    victim = Worker(tmp, "victim", url, 4, 0, *opts)
+    victim = CheapWorker(tmp, "victim", url, 4, 0, *opts)
     number = int(victim.wait_for("start ").split()[1])
     time.sleep(0.2)
     victim.proc.send_signal(signal.SIGKILL)
     assert victim.proc.wait(10) == -signal.SIGKILL
-    survivor = Worker(tmp, "survivor", url, 4, 1, *opts)
+    survivor = CheapWorker(tmp, "survivor", url, 4, 1, *opts)
     assert survivor.finish() == 0
     _assert_study_done(study, 4)
     killed = study.trials[number]
@@ -424,7 +396,7 @@ def _check_kill_is_recovered(url: str, tmp: Path) -> None:
 def test_signal_fails_the_trial_requeues_it_and_exits(signum: int, code: int, tmp_path: Path) -> None:
     url = f"journal:///{tmp_path / 'hpo.log'}"
     study = _new_study(url)
-    worker = Worker(tmp_path, "w", url, 1, 0, "--epochs", "50", "--epoch-seconds", "0.1")
+    worker = CheapWorker(tmp_path, "w", url, 1, 0, "--epochs", "50", "--epoch-seconds", "0.1")
     number = int(worker.wait_for("start ").split()[1])
     time.sleep(0.3)
     worker.proc.send_signal(signum)
@@ -434,7 +406,7 @@ def test_signal_fails_the_trial_requeues_it_and_exits(signum: int, code: int, tm
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.user_attrs["retry_of"] == number
-    assert Worker(tmp_path, "again", url, 1, 1, "--epochs", "2").finish() == 0
+    assert CheapWorker(tmp_path, "again", url, 1, 1, "--epochs", "2").finish() == 0
     (retry,) = _finished(study)
     assert retry.params == failed.params and retry.user_attrs["retry_of"] == number
 
