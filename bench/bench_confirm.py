@@ -32,16 +32,12 @@ from pathlib import Path
 
 import optuna
 from common import RESULTS, loadavg, machine, run_facts, section_header, write_section
+from heldout import retrain_trial
+
+from hpo.confirm import companion_name
+from hpo.results import answer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from hpo.confirm import companion_name  # noqa: E402
-from hpo.results import answer, trial_config  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
-from model.data import DataCache  # noqa: E402
-from model.errors import DivergedError  # noqa: E402
-from model.train import train  # noqa: E402
 
 HEADING = "## Confirmation (issue 21)"
 HELD_OUT_BASE = 100  # held-out training seeds start here: the search used 1, confirmation 2..4
@@ -62,23 +58,11 @@ class SeedResult:
     confirm_epochs: int
 
 
-def held_out(config: TrainConfig, seeds: list[int], cache: DataCache) -> list[float]:
-    """Final val PSNR of `config` trained with each held-out seed (a diverged run is NaN)."""
-    values = []
-    for s in seeds:
-        c = config.replace(seed=s, out="")
-        try:
-            values.append(float(train(c, cache.get(c)).val_psnr))
-        except DivergedError:
-            values.append(math.nan)
-    return values
-
-
 def epochs_of(study: optuna.Study) -> int:
     return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))
 
 
-def one_seed(seed: int, trials: int, n_held: int, parent: Path, cache: DataCache) -> SeedResult:
+def one_seed(seed: int, trials: int, n_held: int, parent: Path) -> SeedResult:
     folder = Path(tempfile.mkdtemp(prefix=f"seed{seed}-", dir=parent))
     cmd = [sys.executable, "-m", "hpo", "run", "--study", "vp-bo", "--n-trials", str(trials), "--seed", str(seed)]
     started = time.perf_counter()
@@ -88,10 +72,8 @@ def one_seed(seed: int, trials: int, n_held: int, parent: Path, cache: DataCache
     study = optuna.load_study(study_name="vp-bo", storage=url)
     ans = answer(study)
     seeds = [HELD_OUT_BASE + i for i in range(n_held)]
-    winner_config = trial_config(study, ans.trial)
-    raw_config = trial_config(study, ans.raw)
-    winner_held = held_out(winner_config, seeds, cache)
-    raw_held = winner_held if ans.raw.number == ans.trial.number else held_out(raw_config, seeds, cache)
+    winner_held = retrain_trial(study, ans.trial, seeds)
+    raw_held = winner_held if ans.raw.number == ans.trial.number else retrain_trial(study, ans.raw, seeds)
     companion = optuna.load_study(study_name=companion_name("vp-bo"), storage=url)
     return SeedResult(
         seed,
@@ -167,11 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     facts = run_facts(argv)
     started = time.perf_counter()
-    cache = DataCache()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-confirm-") as tmp:
         for seed in args.seeds:
-            r = one_seed(seed, args.trials, args.held_out, Path(tmp), cache)
+            r = one_seed(seed, args.trials, args.held_out, Path(tmp))
             results.append(r)
             print(json.dumps(r.__dict__), flush=True)
             for line in report(results)[-3:]:

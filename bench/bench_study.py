@@ -34,7 +34,7 @@ from common import HEADER, RESULTS, loadavg, machine
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Studies (issue 3)"
 SAMPLERS = ("tpe", "gp", "skopt", "random")
-RETRAIN_SEEDS = 4  # a study's best config is retrained with its seed and the next three (`hpo top --seeds 4`)
+RETRAIN_SEEDS = 4  # a study's best config is retrained with its seed and the next three
 
 
 @dataclass
@@ -146,9 +146,10 @@ def part_main(parent: Path) -> list[str]:
 
 
 def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
+    from heldout import retrain_trial  # bench/, beside this script
     from replay_pruning import best_within  # bench/, beside this script
 
-    from hpo.top import reevaluate
+    from hpo.results import trial_config
 
     rows = [
         "| pruner | seed | epochs trained | best val PSNR | its config over training seeds 1-4 | wall time | states |",
@@ -163,9 +164,10 @@ def part_pruning(parent: Path, trials: int, seeds: list[int]) -> list[str]:
             r = run_study(trials, "tpe", None if pruner == "spec" else pruner, seed, _fresh(parent))
             runs[pruner].append(r)
             # One training run flatters the best trial (the winner's curse): retrain its config with seeds 1-4
-            # on the same data (what `hpo top -k 1 --seeds 4` does), and compare the two studies' picks by the mean.
+            # on the same data, and compare the two studies' picks by the mean.
             study = optuna.load_study(study_name="vp-bo", storage=r.storage)
-            values = reevaluate(study, k=1, seeds=RETRAIN_SEEDS)[0].values
+            seed0 = trial_config(study, study.best_trial).seed
+            values = retrain_trial(study, study.best_trial, [seed0 + i for i in range(RETRAIN_SEEDS)])
             worth[pruner].append(finite_mean(values))
             if pruner == "none":
                 same_cost.append(best_within(study.get_trials(deepcopy=False), runs["spec"][-1].epochs)[0])

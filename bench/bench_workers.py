@@ -5,6 +5,8 @@ After: the default, each worker takes its share of the cores (`model.device.shar
 the smoke spec (`--pruner none`, so every trial trains its 2 epochs) on a fresh journal storage in a temp folder:
 N workers start together and each stops starting trials after `--window` seconds. Trials per minute counts the
 finished trials over the span from the first trial's start to the last one's end (process start-up excluded).
+The workers keep their slot files in the configuration's temp folder (TMPDIR), so hpo workers that other people
+run on the same machine are not counted in the split (their load still shows in the timings).
 
     python bench/bench_workers.py [--window 30] [--workers 1 2 3]
 """
@@ -28,6 +30,7 @@ def run_config(workers: int, split: bool, window: float, tmp: Path) -> dict[str,
     log = tmp / f"w{workers}-{'split' if split else 'all'}.log"
     url = f"journal:///{log}"
     env = {k: v for k, v in os.environ.items() if k != "HPO_TORCH_THREADS"}
+    env["TMPDIR"] = str(tmp)  # the workers' slot files here: the split counts this configuration's workers only
     if not split:
         env["HPO_TORCH_THREADS"] = "0"  # torch's default in every worker: the behaviour before the split
     cmd = [sys.executable, "-m", "hpo", "run", "--study", "smoke", "--pruner", "none", "--n-trials", "1000"]

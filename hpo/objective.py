@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
 
+from hpo.errors import StudyError
 from hpo.reaper import WORKER_ATTR, this_worker
 from hpo.spec import StudySpec, suggest
 from model.config import TrainConfig, from_dict
@@ -84,25 +86,26 @@ class Objective:
 class ConfirmObjective(Objective):
     """A confirmation run (`hpo.confirm`): a candidate's complete config trained with the run's seed.
 
-    The config is the one the candidate's search trial trained (its `config` attr) with this worker's run
-    settings (`--set`, `--data`, `--device`) over it, so the runs differ from the search draw only in the seed.
+    The config is the one the candidate's search trial trained (its `config` attr, which every trial `hpo run`
+    made records) with this worker's run settings (`--set`, `--data`, `--device`) over it, so the runs differ
+    from the search draw only in the seed.
     Its study's pruner never prunes: candidates are raced over seeds instead.
     """
 
     def __init__(
         self,
-        spec: StudySpec,
         candidates: list[dict[str, Any]],
         overrides: dict[str, Any] | None = None,
         epoch_hook_factory: Callable[[optuna.Trial, int], EpochHook] | None = None,
     ) -> None:
-        super().__init__(spec, overrides, epoch_hook_factory)
+        for c in candidates:
+            if not c.get("config"):
+                raise StudyError(
+                    f"trial {c['trial']} recorded no config (not made by `hpo run`): it cannot be retrained"
+                )
+        super().__init__(StudySpec(name="", path=Path()), overrides, epoch_hook_factory)
         self.candidates = candidates
 
     def config_for(self, trial: optuna.Trial) -> TrainConfig:
         candidate = self.candidates[int(trial.params["candidate"])]
-        if candidate.get("config"):
-            base = dict(candidate["config"])
-            return from_dict({**base, **self.overrides, "seed": int(trial.params["seed"])})
-        config = self.spec.trial_config(dict(candidate["params"]), self.overrides)
-        return config.replace(seed=int(trial.params["seed"]))
+        return from_dict({**candidate["config"], **self.overrides, "seed": int(trial.params["seed"])})

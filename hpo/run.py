@@ -26,7 +26,7 @@ from hpo.pruners import make_pruner
 from hpo.reaper import reap_stale, this_worker
 from hpo.results import confirmation_lines, raw_best
 from hpo.samplers import check_space_options, make_sampler, worker_seed
-from hpo.spec import StudySpec, check_compatible, check_values, load_run_spec, spec_summary
+from hpo.spec import ConfirmSettings, StudySpec, check_compatible, check_values, load_run_spec, spec_summary
 from hpo.storage import mask_url, open_storage, resolve_url
 from hpo.worker import WorkerResult, run_worker
 from model.config import MAX_SEED, TrainConfig, parse_sets
@@ -152,8 +152,10 @@ def _layout_config(spec: StudySpec, base: TrainConfig) -> TrainConfig:
     shortest = {}
     for name in ("train_vi_len", "val_vi_len"):
         dist = spec.space.get(name)
-        if dist is not None:
-            shortest[name] = min(getattr(dist, "choices", None) or (getattr(dist, "low", getattr(base, name)),))
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            shortest[name] = min(int(c) for c in dist.choices if c is not None)  # int fields: coerced ints
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            shortest[name] = dist.low
     return base.replace(**shortest) if shortest else base
 
 
@@ -289,23 +291,34 @@ def run_study(opts: RunOptions) -> RunSummary:
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)
     if spec.confirm.enabled and result.stopped == "budget":
         left = None if opts.timeout is None else opts.timeout - (time.perf_counter() - started)
-        summary.confirm_worker, summary.confirmation = _confirm(study, plan, url, printer, left)
+        summary.confirm_worker, summary.confirmation = run_confirmation(
+            study, url, spec.confirm, spec.space_json(), plan.overrides, opts.quiet, left
+        )
     return summary
 
 
-def _confirm(
-    study: optuna.Study, plan: RunPlan, url: str, printer: TrialPrinter, timeout: float | None
+def run_confirmation(
+    study: optuna.Study,
+    url: str,
+    settings: ConfirmSettings,
+    space: str,
+    overrides: dict[str, Any],
+    quiet: bool = False,
+    timeout: float | None = None,
 ) -> tuple[WorkerResult, confirm.Confirmation]:
-    """Confirm the study's best candidates over seeds with the other workers (`hpo.confirm`)."""
-    spec = plan.spec
-    companion = confirm.start(study, open_storage(url), spec.confirm, spec.space_json())
-    plan_attr = companion.user_attrs[confirm.PLAN_ATTR]
-    printer.say(
-        f"confirming the best {len(plan_attr['candidates'])} configs over up to {len(plan_attr['seeds'])} seeds "
-        f"(seeds {plan_attr['seeds']}; racing: paired t-test, alpha {plan_attr['alpha']})"
+    """Confirm the study's best candidates over seeds, sharing the runs with every other worker (`hpo.confirm`).
+
+    Returns when the race is decided (or on `timeout`); `overrides` are this worker's run settings.
+    """
+    companion = confirm.start(study, open_storage(url), settings, space)
+    plan = companion.user_attrs[confirm.PLAN_ATTR]
+    runs = TrialPrinter(companion, quiet=quiet, label="confirm run", show_best=False)
+    racing = f"paired t-test, alpha {plan['alpha']}" if plan["alpha"] else "none"
+    runs.say(
+        f"confirming the best {len(plan['candidates'])} configs over up to {len(plan['seeds'])} seeds "
+        f"(seeds {plan['seeds']}; racing: {racing})"
     )
-    runs = TrialPrinter(companion, quiet=printer.quiet, label="confirm run", show_best=False)
-    objective = ConfirmObjective(spec, plan_attr["candidates"], plan.overrides, epoch_hook_factory=runs.epoch_hook)
+    objective = ConfirmObjective(plan["candidates"], overrides, epoch_hook_factory=runs.epoch_hook)
     result = run_worker(
         companion,
         objective,
@@ -316,7 +329,7 @@ def _confirm(
     )
     outcome = confirm.summarize(companion)
     for line in confirmation_lines(outcome, raw_best(study)):
-        printer.say(line)
+        runs.say(line)
     return result, outcome
 
 

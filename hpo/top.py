@@ -1,133 +1,64 @@
-"""`hpo top`: re-evaluate the K best complete trials of a study with several seeds each, and rank them again.
+"""`hpo top`: confirm a study's K best configs over S seeds with the confirmation machinery, then rank them.
 
-A trial's value is one draw: with the seed fixed, a lucky initialisation can put a config on top. The tuning
-playbook's advice is to rerun the best few with several seeds and compare means, with the spread in view,
-before adopting one. Seeds are seed, seed+1, ... of each trial's own config, so the first rerun repeats the
-trial (the same value on the same device and epochs).
+A front end to `hpo.confirm` for a study run without confirmation (or to show one that ran): the runs are
+trials of the study's companion `<study>.confirm`, shared with any other worker, kept in the storage, and the
+answer `hpo best` and `hpo export` give afterwards. Unlike `hpo run`'s confirmation it races nothing by default
+(`alpha` 0): every candidate gets every seed, and the table ranks them by their mean.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import StudyError
-from hpo.results import trial_config
-from model.config import TrainConfig
-from model.data import DataCache
-from model.errors import DivergedError, UsageError
-from model.train import EpochHook, train
+from hpo import confirm
+from hpo.errors import SpecError
+from hpo.run import run_confirmation
+from hpo.spec import RUN_SETTINGS, ConfirmSettings
 
-__all__ = ["TopRow", "format_table", "reevaluate", "top_trials"]
-
-log = logging.getLogger(__name__)
-
-HookFactory = Callable[[int, TrainConfig], EpochHook]  # (trial number, run config) -> per-epoch hook
+__all__ = ["format_table", "top"]
 
 
-@dataclass
-class TopRow:
-    trial: int
-    original: float  # the trial's value in the study
-    values: list[float] = field(default_factory=list)  # final val PSNR of each seed's run
-    seeds: list[int] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+def top(
+    study: optuna.Study, url: str, k: int, seeds: int, overrides: dict[str, Any], quiet: bool, alpha: float = 0.0
+) -> confirm.Confirmation:
+    """Run (or join, or read) the study's confirmation of its `k` best configs over `seeds` seeds.
 
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
+    `overrides` are run settings (device, data, cache_dir, ...) for this process's runs.
 
-    @property
-    def std(self) -> float:
-        if any(math.isnan(v) for v in self.values):
-            return math.nan  # a diverged seed (statistics.stdev cannot take NaN)
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
-
-
-def _maximize(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
-
-
-def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The k best COMPLETE trials with a finite value, best first."""
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]
-    if not done:
-        raise StudyError(
-            f"study {study.study_name!r} has no complete trial to re-evaluate: run trials first "
-            f"(`hpo run --study {study.study_name}`)"
-        )
-    return sorted(done, key=lambda t: (-t.value if _maximize(study) else t.value, t.number))[:k]  # type: ignore[operator]
-
-
-def reevaluate(
-    study: optuna.Study,
-    k: int = 5,
-    seeds: int = 3,
-    epochs: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    hook_factory: HookFactory | None = None,
-    on_run: Callable[[int, int, float], None] | None = None,
-) -> list[TopRow]:
-    """Train each of the k best trials' configs with `seeds` seeds; rows ranked by mean value, best first.
-
-    Args:
-        epochs: main-stage epochs of every rerun (default: each trial's own).
-        overrides: fields set on every rerun's config (e.g. device, data); nothing is written to disk.
-        on_run: called with (trial number, seed, final val PSNR) after each run.
+    Raises:
+        SpecError: -k or --seeds below 1, or an override of a hyperparameter (the confirmed config would not be
+            the one the study reports).
     """
-    if k < 1 or seeds < 1:
-        raise UsageError(f"-k and --seeds must be >= 1, got -k {k} --seeds {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {epochs}")
-    changes = dict(overrides or {})
-    if epochs is not None:
-        changes["epochs"] = epochs
-    trials = top_trials(study, k)
-    # Every config first: a trial whose config no longer validates fails before hours of training.
-    configs = {t.number: trial_config(study, t).replace(**changes, out="") for t in trials}
-    cache = DataCache()
-    rows = []
-    for t in trials:
-        row = TopRow(t.number, float(t.value), params=dict(t.params))  # type: ignore[arg-type]
-        base = configs[t.number]
-        for i in range(seeds):
-            config = base.replace(seed=base.seed + i)
-            hook = hook_factory(t.number, config) if hook_factory is not None else None
-            try:
-                value = float(train(config, cache.get(config), on_epoch=hook).val_psnr)
-            except DivergedError as exc:  # one seed's blow-up is a result about the config, not an error
-                log.warning("trial %d seed %d: %s", t.number, config.seed, exc)
-                value = math.nan
-            row.values.append(value)
-            row.seeds.append(config.seed)
-            log.info("trial %d seed %d: val PSNR %.4f", t.number, config.seed, value)
-            if on_run is not None:
-                on_run(t.number, config.seed, value)
-        rows.append(row)
-    sign = -1.0 if _maximize(study) else 1.0
-    return sorted(rows, key=lambda r: (sign * _finite(r.mean, sign), r.trial))
+    settings = ConfirmSettings(enabled=True, top_k=k, seeds=seeds, alpha=alpha, min_seeds=2).check("-k/--seeds")
+    searched = sorted(set(overrides) - RUN_SETTINGS)
+    if searched:
+        raise SpecError(
+            f"--set {', '.join(searched)}: `hpo top` confirms the configs the study trained; only run settings "
+            f"({', '.join(sorted(RUN_SETTINGS))}) may change"
+        )
+    space = str(study.user_attrs.get("space", ""))
+    _, outcome = run_confirmation(study, url, settings, space, overrides, quiet=quiet)
+    return outcome
 
 
-def _finite(value: float, sign: float) -> float:
-    """NaN means (a diverged seed) rank last in either direction."""
-    return value if math.isfinite(value) else sign * math.inf
-
-
-def format_table(rows: list[TopRow]) -> str:
-    """rank, trial, mean ± std over seeds, the original value, and the seeds' values."""
-    lines = [f"{'rank':>4}  {'trial':>5}  {'mean':>8}  {'std':>6}  {'original':>8}  values"]
+def format_table(outcome: confirm.Confirmation) -> str:
+    """rank, trial, mean and sd over seeds, the trial's search value, the per-seed values; best mean first."""
+    rows = sorted(outcome.candidates, key=lambda r: (-(r.interval.mean if r.interval else -math.inf), r.index))
+    lines = [
+        f"{'rank':>4}  {'trial':>5}  {'mean':>8}  {'sd':>6}  {'search':>8}  values (seeds {outcome.seeds_planned})"
+    ]
     for rank, r in enumerate(rows, 1):
-        values = " ".join(f"{v:.2f}" for v in r.values)
-        lines.append(f"{rank:>4}  {r.trial:>5}  {r.mean:>8.3f}  {r.std:>6.3f}  {r.original:>8.3f}  {values}")
+        finite = [v for v in r.values if v is not None and math.isfinite(v)]
+        mean = r.interval.mean if r.interval else math.nan
+        sd = math.nan if len(finite) != len(r.values) else (_sd(finite) if len(finite) > 1 else 0.0)
+        values = " ".join("nan" if v is None else f"{v:.2f}" for v in r.values)
+        lines.append(f"{rank:>4}  {r.trial:>5}  {mean:>8.3f}  {sd:>6.3f}  {r.search_value:>8.3f}  {values}")
     return "\n".join(lines)
+
+
+def _sd(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

@@ -146,7 +146,7 @@ def test_export_attaches_the_toml_to_the_study(smoke_study, tmp_path: Path) -> N
     run = smoke_study.copy(tmp_path / "study")  # the export attaches a file to the study
     url, study = run.url, run.load()
     out = tmp_path / "best.toml"
-    assert export.run(argparse.Namespace(study="smoke", storage=url, output=str(out))) == 0
+    assert export.run(argparse.Namespace(study="smoke", storage=url, output=str(out), raw=False)) == 0
     metas = [m for m in get_all_artifact_meta(study) if m.filename == "best.toml"]
     assert len(metas) == 1 and metas[0].mimetype == "application/toml"
     copy = tmp_path / "copy.toml"

@@ -1,7 +1,8 @@
-"""`hpo top`: the best complete trials of a study re-evaluated with several seeds and ranked by their mean."""
+"""`hpo top`: the best configs of a study confirmed over fresh seeds (hpo.confirm) and ranked by their mean."""
 
 import json
 import math
+import shutil
 
 import optuna
 import pytest
@@ -9,7 +10,7 @@ import torch
 from support import assert_usage_error
 
 from hpo.cli import main
-from hpo.top import format_table, reevaluate, top_trials
+from hpo.top import format_table, top
 from model.synth import synthetic_data
 from model.train import train
 
@@ -38,62 +39,85 @@ def study_url(tmp_path_factory, tiny_config):
     return url
 
 
-def test_top_trials_are_the_best_complete_ones(study_url):
-    study = optuna.load_study(study_name="tiny", storage=study_url)
-    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
-    assert [t.number for t in top_trials(study, 2)] == [t.number for t in complete[:2]]
-    assert len(top_trials(study, 10)) == 3
+@pytest.fixture
+def fresh_url(study_url, tmp_path):
+    """The module's study copied: `hpo top` writes its confirmation into the storage."""
+    shutil.copy(study_url.removeprefix("sqlite:///"), tmp_path / "hpo.db")
+    return f"sqlite:///{tmp_path / 'hpo.db'}"
 
 
-def test_reevaluate_ranks_by_mean_over_seeds(study_url):
-    study = optuna.load_study(study_name="tiny", storage=study_url)
-    rows = reevaluate(study, k=2, seeds=2)
-    best_two = {t.number for t in top_trials(study, 2)}
-    assert {r.trial for r in rows} == best_two
-    assert rows[0].mean >= rows[1].mean
-    for row in rows:
-        assert row.seeds == [4, 5]
-        assert row.values[0] == row.original  # seed+0 repeats the trial exactly
-        assert row.values[1] != row.values[0]
-        assert row.std == pytest.approx(abs(row.values[0] - row.values[1]) / 2**0.5)
+def _complete(study):
+    return sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
 
 
-def test_a_diverged_seed_is_nan_and_ranks_last(study_url, monkeypatch):
-    import hpo.top
+def test_top_confirms_the_best_distinct_configs_ranked_by_mean_over_fresh_seeds(fresh_url):
+    study = optuna.load_study(study_name="tiny", storage=fresh_url)
+    outcome = top(study, fresh_url, k=2, seeds=2, overrides={}, quiet=True)
+    assert [c.trial for c in outcome.candidates] == [t.number for t in _complete(study)[:2]]
+    assert outcome.finished and outcome.seeds_planned == [5, 6]  # the trials trained with seed 4
+    for c in outcome.candidates:
+        assert c.seeds == [5, 6] and c.dropped_after is None  # no racing: every candidate gets every seed
+        assert c.values[0] != c.values[1]
+    means = [c.interval.mean for c in outcome.candidates]
+    assert outcome.winner.index == means.index(max(means))
+    # A run is the candidate's own config with the run's seed: training it directly gives the same value.
+    first = outcome.candidates[0]
+    config = tiny_config_of(study, first.trial).replace(seed=5)
+    assert first.values[0] == train(config, synthetic_data(config)).val_psnr
+    # Kept in the storage: `hpo best` now answers with the winner, and a second `top` trains nothing.
+    again = top(optuna.load_study(study_name="tiny", storage=fresh_url), fresh_url, 2, 2, {}, True)
+    assert [c.values for c in again.candidates] == [c.values for c in outcome.candidates]
+    assert optuna.load_study(study_name="tiny.confirm", storage=fresh_url).trials[-1].number == 3
+
+
+def tiny_config_of(study, number):
+    from hpo.results import trial_config
+
+    return trial_config(study, study.trials[number])
+
+
+def test_a_diverged_seed_ranks_its_config_last(fresh_url, monkeypatch):
+    import hpo.objective
     from model.errors import DivergedError
 
     calls = []
 
-    def second_run_diverges(config, data, on_epoch=None):  # the best trial's second seed (best is rerun first)
+    def second_run_diverges(config, data, on_epoch=None):  # round 1 trains candidates 0, 1, then round 2
         calls.append(config.seed)
-        if len(calls) == 2:
+        if len(calls) == 3:  # candidate 0 (the best search value), seed 6
             raise DivergedError(0, float("nan"))
         return train(config, data, on_epoch=on_epoch)
 
-    monkeypatch.setattr(hpo.top, "train", second_run_diverges)
-    study = optuna.load_study(study_name="tiny", storage=study_url)
-    best, second = top_trials(study, 2)
-    rows = reevaluate(study, k=2, seeds=2)
-    assert [r.trial for r in rows] == [second.number, best.number]  # the NaN mean ranks last
-    assert rows[1].values[0] == rows[1].original and math.isnan(rows[1].values[1])
-    assert not any(math.isnan(v) for v in rows[0].values)
-    assert math.isnan(rows[1].mean) and math.isnan(rows[1].std)
-    assert format_table(rows).splitlines()[2].split()[2:4] == ["nan", "nan"]
+    monkeypatch.setattr(hpo.objective, "train", second_run_diverges)
+    study = optuna.load_study(study_name="tiny", storage=fresh_url)
+    outcome = top(study, fresh_url, k=2, seeds=2, overrides={}, quiet=True)
+    best, second = outcome.candidates
+    assert best.values[1] is None and math.isinf(best.interval.mean)
+    assert outcome.winner.index == second.index  # the diverged config ranks last
+    table = format_table(outcome).splitlines()
+    assert table[1].split()[1] == str(second.trial) and table[2].split()[2:4] == ["-inf", "nan"]
 
 
-def test_cli_prints_the_table(study_url, capsys):
-    code = main(["top", "--study", "tiny", "--storage", study_url, "-k", "3", "--seeds", "1", "--epochs", "1"])
+def test_overriding_a_hyperparameter_is_refused(fresh_url, capsys):
+    code = main(["top", "--study", "tiny", "--storage", fresh_url, "--set", "epochs=3"])
+    assert_usage_error(code, capsys.readouterr().err, "epochs", "run settings")
+
+
+def test_cli_prints_the_table(fresh_url, capsys):
+    code = main(["top", "--study", "tiny", "--storage", fresh_url, "-k", "3", "--seeds", "1"])
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert "rank" in lines[1] and "original" in lines[1]
-    table = [line.split() for line in lines[2:]]
+    assert "confirm run" in out  # one line per run, then the header and the table
+    assert "rank" in lines[-4] and "search" in lines[-4]
+    table = [line.split() for line in lines[-3:]]
     assert [row[0] for row in table] == ["1", "2", "3"]
     means = [float(row[2]) for row in table]
     assert means == sorted(means, reverse=True)
-    for row in table:  # one seed: mean = original, std = 0
-        assert row[2] == row[4] and float(row[3]) == 0.0
-    assert "trial" in err and "seed 4" in err  # one progress line per run
+    for row in table:  # one seed: mean = its value, sd = 0
+        assert float(row[2]) == pytest.approx(float(row[5]), abs=0.005) and float(row[3]) == 0.0
+    code = main(["best", "--study", "tiny", "--storage", fresh_url, "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["confirmed"] is True
 
 
 def test_unknown_study(study_url, capsys):
@@ -109,19 +133,7 @@ def test_study_without_complete_trials(tmp_path, capsys):
     assert_usage_error(code, capsys.readouterr().err, "no complete trial")
 
 
-@pytest.mark.parametrize(("argv", "needle"), [(["-k", "0"], "-k"), (["--seeds", "0"], "--seeds")])
-def test_bad_counts(study_url, capsys, argv, needle):
-    code = main(["top", "--study", "tiny", "--storage", study_url, *argv])
+@pytest.mark.parametrize(("argv", "needle"), [(["-k", "0"], "top_k"), (["--seeds", "0"], "seeds")])
+def test_bad_counts(fresh_url, capsys, argv, needle):
+    code = main(["top", "--study", "tiny", "--storage", fresh_url, *argv])
     assert_usage_error(code, capsys.readouterr().err, needle)
-
-
-def test_a_real_study_reruns_its_trials_exactly(tmp_path):
-    """`hpo run` with the smoke spec stores each trial's complete config; rerun with seed+0 it repeats the value."""
-    from hpo.run import RunOptions, run_study
-
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    run_study(RunOptions(study="smoke", n_trials=2, storage=url, sets=["device=cpu"], quiet=True))
-    study = optuna.load_study(study_name="smoke", storage=url)
-    rows = reevaluate(study, k=1, seeds=1)
-    assert len(rows) == 1 and rows[0].trial == study.best_trial.number
-    assert rows[0].values == [study.best_value]
