@@ -266,3 +266,17 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return str(value)
+
+
+def fields_table() -> str:
+    """Every TrainConfig field with its type and default: what `--set` and a config file may name."""
+    types = field_types()
+    rows = []
+    for f in dataclasses.fields(TrainConfig):
+        default: Any = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = getattr(types[f.name], "__name__", None) if not hasattr(types[f.name], "__args__") else None
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        rows.append((f.name, kind or str(types[f.name]), shown))
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"  {name:<{width}}  {kind:<9} {default}" for name, kind, default in rows]
+    return "TrainConfig fields (--set FIELD=VALUE, or keys of the TOML file), type and default:\n" + "\n".join(lines)

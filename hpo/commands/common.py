@@ -10,6 +10,18 @@ from hpo import results
 from hpo.storage import open_storage, resolve_url
 
 
+def add_command(
+    sub: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+    name: str,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of command `name`, with the options every command takes (-v, -q, --debug)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help, description=description)
+    return parser
+
+
 def add_study(p: argparse.ArgumentParser, required: bool = True, help: str = "study name") -> None:
     p.add_argument("--study", required=required, help=help)
 

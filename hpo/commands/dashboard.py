@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hpo.artifacts import ARTIFACTS_ENV
-from hpo.commands.common import add_storage
+from hpo.commands.common import add_command, add_storage
 from hpo.dashboard import prepare, serve
 from hpo.storage import mask_url, resolve_url
 
@@ -20,15 +20,16 @@ def _port(text: str) -> int:
     return port
 
 
+HELP = "serve optuna-dashboard (live trials, plots, artifacts) for the storage"
+DESCRIPTION = (
+    "Serve optuna-dashboard on the study storage with the trials' artifacts (PSNR-per-frame "
+    f"plots, frame strips). Artifacts are read from ${ARTIFACTS_ENV}, else the folder beside a SQLite or "
+    "journal file (hpo.db -> hpo-artifacts/), else ./hpo-artifacts. Ctrl-C stops it."
+)
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "dashboard",
-        parents=[common],
-        help="serve optuna-dashboard (live trials, plots, artifacts) for the storage",
-        description="Serve optuna-dashboard on the study storage with the trials' artifacts (PSNR-per-frame "
-        f"plots, frame strips). Artifacts are read from ${ARTIFACTS_ENV}, else the folder beside a SQLite or "
-        "journal file (hpo.db -> hpo-artifacts/), else ./hpo-artifacts. Ctrl-C stops it.",
-    )
+    p = add_command(sub, common, "dashboard", HELP, DESCRIPTION)
     add_storage(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080)")

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from hpo.commands.common import add_sets
+from hpo.commands.common import add_command, add_sets
 from model.config import parse_sets
 from model.predict import SUBMISSION, predict
 
+HELP = "roll out every test video from a checkpoint and write submission.csv"
+DESCRIPTION = (
+    "Rebuild the model from a checkpoint's own config, roll out each test video of --data "
+    f"(first frame + poses) and write {SUBMISSION} (id, then 3*H*W ints in 0..255 per frame) and a GIF "
+    "per video into --out; also prints the val PSNR of the same weights."
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "predict",
-        parents=[common],
-        help="roll out every test video from a checkpoint and write submission.csv",
-        description="Rebuild the model from a checkpoint's own config, roll out each test video of --data "
-        f"(first frame + poses) and write {SUBMISSION} (id, then 3*H*W ints in 0..255 per frame) and a GIF "
-        "per video into --out; also prints the val PSNR of the same weights.",
-    )
+    p = add_command(sub, common, "predict", HELP, DESCRIPTION)
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `hpo retrain`/`hpo train` (best.pt)")
     p.add_argument("--data", required=True, help="data set in the lab layout with a test split (test/test_img/K, ...)")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")

@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 
 from hpo import results
-from hpo.commands.common import add_storage, add_study, load_study
+from hpo.commands.common import add_command, add_storage, add_study, load_study
 from hpo.report import write_report
 from hpo.storage import mask_url, resolve_url
 
+HELP = "write a self-contained HTML report of a study (plots, best config, warnings)"
+DESCRIPTION = (
+    "Optimization history, parameter importances, parallel coordinates, slice plots, learning "
+    "curves, the best config's schedules and PSNR per frame, trial states and warnings, in one HTML file that "
+    "opens offline."
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "report",
-        parents=[common],
-        help="write a self-contained HTML report of a study (plots, best config, warnings)",
-        description="Optimization history, parameter importances, parallel coordinates, slice plots, learning "
-        "curves, the best config's schedules and PSNR per frame, trial states and warnings, in one HTML file that "
-        "opens offline.",
-    )
+    p = add_command(sub, common, "report", HELP, DESCRIPTION)
     add_study(p)
     add_storage(p)
     p.add_argument("-o", "--output", required=True, help="HTML file to write")

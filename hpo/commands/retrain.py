@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from hpo.commands.common import add_sets
+from hpo.commands.common import add_command, add_sets
 from hpo.progress import RunBars
 from model.retrain import DEFAULT_OUT, retrain, retrain_config
 
+HELP = "train an exported config to the final model (checkpoints, plots, GIF, submission)"
+DESCRIPTION = (
+    "Train a TrainConfig TOML (e.g. from `hpo export`), optionally longer and with several seeds. "
+    "Writes last.pt, best.pt, best-eNNNN.pt (the keep_best best epochs), metrics.json, psnr_per_frame.png, "
+    "val.gif and, when the data has a test split, submission.csv and test-<id>.gif into --out."
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "retrain",
-        parents=[common],
-        help="train an exported config to the final model (checkpoints, plots, GIF, submission)",
-        description="Train a TrainConfig TOML (e.g. from `hpo export`), optionally longer and with several seeds. "
-        "Writes last.pt, best.pt, best-eNNNN.pt (the keep_best best epochs), metrics.json, psnr_per_frame.png, "
-        "val.gif and, when the data has a test split, submission.csv and test-<id>.gif into --out.",
-    )
+    p = add_command(sub, common, "retrain", HELP, DESCRIPTION)
     p.add_argument("config", help="TrainConfig TOML file (e.g. one written by `hpo export`)")
     p.add_argument("--epochs", type=int, help="epochs of the main stage (default: the file's)")
     p.add_argument("--seeds", type=int, default=1, help="runs with seeds seed, seed+1, ... in OUT/seed-N (default 1)")

@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpo.commands.common import add_sets, add_storage
+from hpo.commands.common import add_command, add_sets, add_storage
 from hpo.pruners import PRUNERS
 from hpo.run import RunOptions, run_study
 from hpo.samplers import SAMPLERS
 from hpo.signals import WorkerInterrupted
 
+HELP = "run a Bayesian-optimisation study (joins it if it exists)"
+DESCRIPTION = (
+    "Run trials until the study holds N COMPLETE+PRUNED trials in total (shared by "
+    "all workers on the same storage). Without --data, the spec's small profile on the built-in "
+    "synthetic set is used."
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run a Bayesian-optimisation study (joins it if it exists)",
-        description="Run trials until the study holds N COMPLETE+PRUNED trials in total (shared by "
-        "all workers on the same storage). Without --data, the spec's small profile on the built-in "
-        "synthetic set is used.",
-    )
+    p = add_command(sub, common, "run", HELP, DESCRIPTION)
     p.add_argument("--study", required=True, help="spec name in studies/ (e.g. vp-bo) or a path to a spec .toml")
     p.add_argument("--n-trials", type=int, default=50, help="the study's global budget of finished trials")
     add_storage(p)

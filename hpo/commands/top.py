@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from hpo.commands.common import add_sets, add_storage, add_study, load_study
+from hpo.commands.common import add_command, add_sets, add_storage, add_study, load_study
 from hpo.storage import resolve_url
 from hpo.top import format_table, top
 from model.config import parse_sets
 
+HELP = "confirm the best K configs over S training seeds and rank them by the mean"
+DESCRIPTION = (
+    "Retrain the configs of the K best distinct COMPLETE trials with seeds seed+1 .. seed+S as "
+    "the study's confirmation (the companion study <study>.confirm, shared with other workers and kept: "
+    "`hpo best` then gives the winner), and print them ranked by mean val PSNR. A study that has a "
+    "confirmation already shows (or finishes) that one."
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "top",
-        parents=[common],
-        help="confirm the best K configs over S training seeds and rank them by the mean",
-        description="Retrain the configs of the K best distinct COMPLETE trials with seeds seed+1 .. seed+S as "
-        "the study's confirmation (the companion study <study>.confirm, shared with other workers and kept: "
-        "`hpo best` then gives the winner), and print them ranked by mean val PSNR. A study that has a "
-        "confirmation already shows (or finishes) that one.",
-    )
+    p = add_command(sub, common, "top", HELP, DESCRIPTION)
     add_study(p)
     add_storage(p)
     p.add_argument("-k", type=int, default=5, help="how many of the best configs (default 5)")

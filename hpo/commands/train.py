@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any
 
-from hpo.commands.common import add_sets
+from hpo.commands.common import add_command, add_sets
 from hpo.progress import EpochBar
-from model.config import TrainConfig, field_types, load_config
+from model.config import fields_table, load_config
 from model.data import load_data
 from model.metrics import copy_last_psnr
 from model.predict import ensure_writable_dir
 from model.train import total_epochs, train
 
-
-def fields_epilog() -> str:
-    """Every TrainConfig field with its type and default: what `--set` and a config file may name."""
-    types = field_types()
-    rows = []
-    for f in dataclasses.fields(TrainConfig):
-        default: Any = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kind = getattr(types[f.name], "__name__", None) if not hasattr(types[f.name], "__args__") else None
-        shown = "required" if default is dataclasses.MISSING else repr(default)
-        rows.append((f.name, kind or str(types[f.name]), shown))
-    width = max(len(name) for name, _, _ in rows)
-    lines = [f"  {name:<{width}}  {kind:<9} {default}" for name, kind, default in rows]
-    return "TrainConfig fields (--set FIELD=VALUE, or keys of the TOML file), type and default:\n" + "\n".join(lines)
+HELP = "one training run of a config (TOML + --set overrides)"
+DESCRIPTION = (
+    "Train the CVAE once. Without a file, the TrainConfig defaults are used; with data empty, the\n"
+    "built-in synthetic set. Writes last.pt, best.pt and metrics.json to `out` (default runs/train)."
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "train",
-        parents=[common],
-        help="one training run of a config (TOML + --set overrides)",
-        description="Train the CVAE once. Without a file, the TrainConfig defaults are used; with "
-        "data empty, the built-in synthetic set. Writes last.pt, best.pt and metrics.json to `out` "
-        "(default runs/train).",
-        epilog=fields_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, common, "train", HELP, DESCRIPTION)
+    p.epilog, p.formatter_class = fields_table(), argparse.RawDescriptionHelpFormatter
     p.add_argument("config", nargs="?", help="TrainConfig TOML file (e.g. one written by `hpo export`)")
     add_sets(p)
     p.set_defaults(func=run)
