@@ -48,10 +48,19 @@ def test_small_profile_narrows_cycles_below_epochs():
 def test_small_profile_brings_its_own_pruner():
     # 4-epoch trials: a lenient rung after epoch 1 (beta is 0 there) and a strict one after epoch 2.
     base, small = load_spec("vp-bo"), load_spec("vp-bo", "small")
-    assert (base.pruner, base.pruner_options) == ("hyperband", {"min_resource": 1, "reduction_factor": 3})
+    assert (base.pruner, base.pruner_options) == ("rungs", {"at_epochs": [3, 21], "reduction_factors": [2, 4]})
     assert (small.pruner, small.pruner_options) == ("rungs", {"at_epochs": [1, 2], "reduction_factors": [2, 16]})
     # both rungs fall before the last epoch, so both act (tests/test_pruners.py shows how each one cuts)
     assert make_pruner(small.pruner, small.fixed["epochs"], small.pruner_options).rungs == {1: 2, 2: 16}
+    # the lab profile (70 epochs): one bracket, rungs after the schedules have started (bench/RESULTS.md)
+    assert make_pruner(base.pruner, base.fixed["epochs"], base.pruner_options).rungs == {3: 2, 21: 4}
+
+
+def test_vp_bo_confirms_on_both_profiles():
+    for profile in (None, "small"):
+        c = load_spec("vp-bo", profile).confirm
+        assert (c.enabled, c.top_k, c.seeds, c.alpha, c.min_seeds) == (True, 3, 3, 0.1, 2)
+    assert load_spec("smoke").confirm.enabled is False  # no [confirm]: `hpo run` stops after the search
 
 
 def test_profile_pruner_must_be_a_table(tmp_path):
