@@ -47,7 +47,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from hpo.optuna_private import backend_of
-from hpo.spec import load_spec, suggest
+from hpo.space import suggest
+from hpo.spec import load_spec
 from hpo.storage import open_storage
 from hpo.worker import run_worker
 

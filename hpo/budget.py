@@ -27,7 +27,7 @@ from hpo.dbretry import call_with_retry
 from hpo.locks import study_lock
 from hpo.optuna_private import TrialModel, backend_of, create_running_trial, heartbeat_thread, study_id
 from hpo.reaper import WORKER_ATTR, this_worker, warn_if_sqlite_shared
-from hpo.spec import suggest
+from hpo.space import suggest
 
 log = logging.getLogger(__name__)
 

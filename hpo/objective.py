@@ -12,7 +12,8 @@ import optuna
 
 from hpo.errors import StudyError
 from hpo.reaper import WORKER_ATTR, this_worker
-from hpo.spec import StudySpec, suggest
+from hpo.space import suggest
+from hpo.spec import StudySpec
 from model.config import TrainConfig, from_dict
 from model.data import DataCache
 from model.dataset import DataSet

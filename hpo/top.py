@@ -16,7 +16,8 @@ import optuna
 from hpo import confirm
 from hpo.errors import SpecError
 from hpo.run import run_confirmation
-from hpo.spec import RUN_SETTINGS, ConfirmSettings
+from hpo.space import RUN_SETTINGS
+from hpo.spec import ConfirmSettings
 
 __all__ = ["format_table", "top"]
 
