@@ -68,14 +68,16 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, optuna.Study, Path]:
-    """3 real tiny smoke trials on a fresh SQLite file, and their report."""
+    """3 real tiny smoke trials on a fresh SQLite file, confirmed (2 candidates, 2 seeds), and their report."""
     from hpo.run import RunOptions, run_study
 
     folder = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{folder}/hpo.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(ARTIFACTS_ENV, raising=False)
-        run_study(RunOptions(study="smoke", n_trials=3, storage=url, device="cpu", quiet=True))
+        run_study(
+            RunOptions(study="smoke", n_trials=3, storage=url, device="cpu", confirm_top=2, confirm_seeds=2, quiet=True)
+        )
     report = folder / "report.html"
     assert main(["report", "--study", "smoke", "--storage", url, "-o", str(report)]) == 0
     return url, optuna.load_study(study_name="smoke", storage=open_storage(url, heartbeat=False)), report
@@ -124,6 +126,18 @@ def test_report_plots_render_without_errors(browser, study, tmp_path: Path) -> N
     assert traces == len([t for t in study[1].trials if t.intermediate_values])
     assert _severe(browser) == []
     _screenshot(browser, tmp_path / "report.png")
+
+
+def test_report_shows_the_confirmation_section(browser, study) -> None:
+    _, _, report = study
+    browser.get(report.as_uri())
+    section = browser.find_element("css selector", "#confirmation")
+    assert section.is_displayed() and "confirmed: trial" in section.text and "seed noise: sd" in section.text
+    rows = browser.execute_script("return [...document.querySelectorAll('#confirmation tr')].map(r => r.innerText)")
+    assert "seed 1" in rows[0] and "seed 2" in rows[0] and "95% interval" in rows[0]
+    assert len(rows) == 3 and sum("winner" in r for r in rows[1:]) == 1  # a header and one row per candidate
+    nav = browser.execute_script("return [...document.querySelectorAll('nav a')].map(a => a.innerText)")
+    assert "Confirmation over seeds" in nav
 
 
 def test_dashboard_shows_the_trials_and_artifacts(browser, study, tmp_path: Path) -> None:
