@@ -194,8 +194,20 @@ def test_dashboard_and_workers_share_the_artifact_volume(services: dict[str, Any
     assert len(sources) == 1
 
 
+@pytest.fixture(scope="module")
+def lab_shaped_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A data set in the lab layout that holds the lab profile's clips (630-frame val video), as /data would."""
+    from model.synth import make_synthetic
+
+    out = tmp_path_factory.mktemp("lab") / "data"
+    make_synthetic(out, 0, train_frames=32, val_videos=1, val_len=630, test_videos=0, height=16, width=32)
+    return str(out)
+
+
 @pytest.mark.parametrize(("env", "n_trials"), [({}, 50), ({"HPO_N_TRIALS": "7"}, 7)])
-def test_worker_command_is_a_valid_hpo_run(env: dict[str, str], n_trials: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_command_is_a_valid_hpo_run(
+    env: dict[str, str], n_trials: int, monkeypatch: pytest.MonkeyPatch, lab_shaped_data: str
+) -> None:
     # The worker runs on a GPU host: `prepare` checks that --device cuda exists, so stand in for one GPU.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -208,9 +220,10 @@ def test_worker_command_is_a_valid_hpo_run(env: dict[str, str], n_trials: int, m
     # The decode cache cannot live beside read-only data: it must be a writable mount.
     cache_dir = parse_sets(args.sets).get("cache_dir")
     assert cache_dir is not None and mounts.get(cache_dir) is False
-    # The same validation `hpo run` does before touching the storage: spec, --set values, sampler options.
+    # The same validation `hpo run` does before touching the storage: spec, --set values, sampler options, and
+    # the data set's layout (the container's /data stands here as a lab-shaped folder on this machine).
     plan = prepare(
-        RunOptions(study=args.study, n_trials=args.n_trials, data=args.data, device=args.device, sets=args.sets)
+        RunOptions(study=args.study, n_trials=args.n_trials, data=lab_shaped_data, device=args.device, sets=args.sets)
     )
     assert plan.spec.name == "vp-bo" and plan.overrides["device"] == "cuda"
 
