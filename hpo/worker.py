@@ -66,6 +66,19 @@ class WorkerResult:
     stopped: str = "budget"
     error: str = ""
 
+    def failure(self) -> str | None:
+        """Why the worker gave up, as the one line the CLI prints; None when it did not."""
+        if self.stopped != "failures":
+            return None
+        if self.error:
+            return (
+                f"the last trials all failed with the same error, so this worker stopped: {self.error} "
+                "(fix it, then run again: FAIL trials do not use the budget)"
+            )
+        return (
+            "this worker stopped after too many failed trials in a row (see `hpo status` and each trial's fail_reason)"
+        )
+
 
 def run_worker(
     study: optuna.Study,

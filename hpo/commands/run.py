@@ -18,6 +18,11 @@ DESCRIPTION = (
     "synthetic set is used."
 )
 
+THREADS_HELP = (
+    "torch threads of this worker (default: $HPO_TORCH_THREADS, else this machine's cores split between the hpo "
+    "workers running on it; 0 = torch's own default, no split)"
+)
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, common, "run", HELP, DESCRIPTION)
@@ -32,13 +37,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--timeout", type=float, help="stop this worker after SEC seconds (between trials)")
     p.add_argument("--profile", help="spec profile to apply (default: small without --data, none with it)")
     p.add_argument("--study-name", help="store the study under this name instead of the spec's")
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="torch threads of this worker (default: $HPO_TORCH_THREADS, else this machine's cores split between "
-        "the hpo workers running on it; 0 = torch's own default, no split)",
-    )
+    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     add_sets(p, help="override a fixed TrainConfig field of every trial (repeatable)")
     confirm = p.add_argument_group("confirmation (after the search, retrain the best configs over seeds)")
     confirm.add_argument("--confirm-top", type=int, metavar="K", help="candidates to confirm (default: spec's)")
@@ -53,18 +52,8 @@ def run(args: argparse.Namespace) -> int:
     except WorkerInterrupted as exc:
         print(f"interrupted: the running trial was marked FAIL (interrupted) and re-queued; exit {exc.exit_code}")
         return exc.exit_code
-    if summary.worker.stopped == "failures" and summary.worker.error:
-        print(
-            f"error: the last trials all failed with the same error, so this worker stopped: {summary.worker.error} "
-            "(fix it, then run again: FAIL trials do not use the budget)",
-            file=sys.stderr,
-        )
-        return 1
-    if summary.worker.stopped == "failures":
-        print(
-            "error: this worker stopped after too many failed trials in a row (see `hpo status` and each "
-            "trial's fail_reason)",
-            file=sys.stderr,
-        )
+    failure = summary.worker.failure() or (summary.confirm_worker and summary.confirm_worker.failure())
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
         return 1
     return 0
