@@ -9,6 +9,7 @@ answer `hpo best` and `hpo export` give afterwards. Unlike `hpo run`'s confirmat
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import optuna
@@ -54,12 +55,7 @@ def format_table(outcome: confirm.Confirmation) -> str:
     for rank, r in enumerate(rows, 1):
         finite = [v for v in r.values if v is not None and math.isfinite(v)]
         mean = r.interval.mean if r.interval else math.nan
-        sd = math.nan if len(finite) != len(r.values) else (_sd(finite) if len(finite) > 1 else 0.0)
+        sd = math.nan if len(finite) != len(r.values) else (statistics.stdev(finite) if len(finite) > 1 else 0.0)
         values = " ".join("nan" if v is None else f"{v:.2f}" for v in r.values)
         lines.append(f"{rank:>4}  {r.trial:>5}  {mean:>8.3f}  {sd:>6.3f}  {r.search_value:>8.3f}  {values}")
     return "\n".join(lines)
-
-
-def _sd(xs: list[float]) -> float:
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))

@@ -191,7 +191,7 @@ def test_sigterm_fails_the_running_trial_requeues_it_and_exits_143(
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.user_attrs["retry_of"] == number and queued.system_attrs["fixed_params"] == failed.params
 
-    again = HpoRun(tmp_path, "again", pg_url, 1, "--set", "epochs=1")  # the next worker takes the retry first
+    again = HpoRun(tmp_path, "again", pg_url, 1, *LONG_TRIALS)  # the next worker (same settings) takes the retry first
     assert again.finish() == 0, again.logs()
     (retry,) = [t for t in _load(pg_url).trials if t.user_attrs.get("retry_of") == number]
     assert retry.params == failed.params and retry.state.is_finished() and worker_of(retry)[1] == again.pid
