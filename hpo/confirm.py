@@ -236,12 +236,13 @@ def advance(confirm: optuna.Study) -> bool:
 def source(confirm: optuna.Study) -> TrialSource:
     """The worker's supplier of confirmation runs: queued runs first; done when the race is decided."""
     dists = run_distributions(len(confirm.user_attrs[PLAN_ATTR]["candidates"]))
+    finished = [False]  # what the claim's `advance` found: the loop asks `done` right after a claim of nothing
 
     def claim(beat: ExitStack) -> optuna.Trial | None:
-        advance(confirm)
+        finished[0] = advance(confirm)
         return claim_trial(confirm, 2**62, distributions=dists, beat=beat, waiting_only=True)
 
-    return TrialSource(claim=claim, done=lambda: advance(confirm))
+    return TrialSource(claim=claim, done=lambda: finished[0])
 
 
 @dataclass

@@ -162,9 +162,8 @@ def confirmation_lines(conf: confirm.Confirmation | None, raw: FrozenTrial | Non
     return lines
 
 
-def export_toml(study: optuna.Study, storage_label: str, raw: bool = False) -> str:
+def export_toml(study: optuna.Study, ans: Answer, storage_label: str, raw: bool = False) -> str:
     """The answer's complete config (the raw best with `raw`) as TOML with a provenance header (`hpo train`)."""
-    ans = answer(study)
     trial = ans.raw if raw else ans.trial
     config = trial_config(study, trial)
     what = (
@@ -179,9 +178,11 @@ def export_toml(study: optuna.Study, storage_label: str, raw: bool = False) -> s
     return to_toml(config, header)
 
 
-def write_export(study: optuna.Study, storage_label: str, path: str, raw: bool = False) -> None:
-    """Write `export_toml` to `path` atomically (StudyError, one line, when it cannot be written)."""
-    write_output(path, export_toml(study, storage_label, raw), "path")
+def write_export(study: optuna.Study, storage_label: str, path: str, raw: bool = False) -> Answer:
+    """Write `export_toml` to `path` atomically (StudyError, one line, when it cannot be written); the answer."""
+    ans = answer(study)
+    write_output(path, export_toml(study, ans, storage_label, raw), "path")
+    return ans
 
 
 def best_dict(study: optuna.Study) -> dict[str, Any]:

@@ -22,9 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     url = resolve_url(args.storage)
     study = load_study(args)
-    results.write_export(study, mask_url(url), args.output, raw=args.raw)
+    ans = results.write_export(study, mask_url(url), args.output, raw=args.raw)
     attach_to_study(url, study, args.output, "application/toml")  # the dashboard shows it with the study
-    ans = results.answer(study)
     trial, value = (ans.raw, ans.raw.value) if args.raw else (ans.trial, ans.value)
     print(
         f"wrote {args.output}: trial {trial.number} of {study.study_name}, val PSNR {value:.4f} dB; "
