@@ -87,6 +87,32 @@ def test_trailing_frames_dropped_and_resized(lab: Path) -> None:
     assert data.train.frames[1, 4, 0].eq(9).all()  # flat images stay flat after resize
 
 
+def lab_resize(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The lab pipeline's frame: torchvision's default_loader (PIL, convert("RGB")), then transforms.Resize((H, W)),
+    which on a PIL image is torchvision's `img.resize((W, H), BILINEAR)` (torchvision is not installed beside our
+    torch, so its one PIL call is written out here)."""
+    with open(path, "rb") as f:
+        img = PIL.Image.open(f).convert("RGB")
+    return np.asarray(img.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(("source", "mode"), [((240, 320), "RGB"), ((720, 1280), "RGB"), ((480, 640), "P")])
+def test_frames_are_resized_as_the_lab_pipeline_resizes(tmp_path: Path, source: tuple[int, int], mode: str) -> None:
+    rng = np.random.default_rng(0)
+    h, w = source
+    coarse = PIL.Image.fromarray((rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8))
+    img = coarse.resize((w, h), PIL.Image.Resampling.BICUBIC)  # smooth detail, like a photo
+    path = tmp_path / "frame0.png"
+    (img if mode == "RGB" else img.quantize(64)).save(path)
+    ours = datacache.decode_image(path, (32, 64))
+    assert ours.shape == (3, 32, 64) and ours.dtype == np.uint8
+    assert np.array_equal(ours, lab_resize(path, (32, 64)))
+    # What the cache held before (a reducing gap) differs at these downscales: the test tells the two apart.
+    with PIL.Image.open(path) as im:
+        gap = im.convert("RGB").resize((64, 32), PIL.Image.Resampling.BILINEAR, reducing_gap=3.0)
+    assert not np.array_equal(ours, np.asarray(gap).transpose(2, 0, 1))
+
+
 def test_img_without_label_and_label_without_img_are_named(lab: Path) -> None:
     (lab / "train" / "train_label" / "frame3.png").unlink()
     (lab / "val" / "val_img" / "frame7.png").unlink()
@@ -207,6 +233,22 @@ def test_cache_rebuilt_when_a_file_changes(lab: Path) -> None:
     old_val = set((lab / ".hpo-cache").glob("val-*.npy"))
     load_data(cfg(lab))
     assert set((lab / ".hpo-cache").glob("val-*.npy")) != old_val
+
+
+def test_a_cache_of_an_older_decoder_is_never_read(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(datacache, "VERSION", datacache.VERSION - 1)  # a cache built before the resize changed
+        load_data(cfg(lab))
+    old = set((lab / ".hpo-cache").glob("*.npy"))
+    for path in old:  # poison it: read, it would give wrong frames
+        arr = np.load(path, mmap_mode="r+")
+        arr[:] = 255
+        arr.flush()
+        del arr
+    data = load_data(cfg(lab))
+    assert data.train.frames[:, :, 0, 0, 0].flatten().tolist() == list(range(12))
+    new = set((lab / ".hpo-cache").glob("*.npy"))
+    assert len(new) == len(old) == 2 and not new & old  # rebuilt under a new key, the old files removed
 
 
 def test_cache_dir_setting(lab: Path, tmp_path: Path) -> None:
