@@ -14,6 +14,7 @@ from hpo.errors import StudyError
 from hpo.reaper import WORKER_ATTR, this_worker
 from hpo.space import suggest
 from hpo.spec import StudySpec
+from hpo.trial_checkpoints import TrialCheckpoints
 from model.config import TrainConfig, from_dict
 from model.data import DataCache
 from model.dataset import DataSet
@@ -33,6 +34,8 @@ class Objective:
         epoch_hook_factory: optional, makes a per-trial progress hook `(trial, total_epochs) -> EpochHook`.
         after_train: optional, called with (trial, config, data, result) while the trial is still RUNNING
             (artifacts attach only to running trials, docs/ARCHITECTURE.md, "Optuna facts the code relies on").
+        checkpoints: optional, where each trial keeps its last finished epoch, so that a retry resumes it
+            (docs/ARCHITECTURE.md, "Trial checkpoints"); the worker calls its `ended` after each tell.
     """
 
     def __init__(
@@ -41,9 +44,11 @@ class Objective:
         overrides: dict[str, Any] | None = None,
         epoch_hook_factory: Callable[[optuna.Trial, int], EpochHook] | None = None,
         after_train: Callable[[optuna.Trial, TrainConfig, DataSet, TrainResult], None] | None = None,
+        checkpoints: TrialCheckpoints | None = None,
     ) -> None:
         self.spec, self.overrides = spec, dict(overrides or {})
         self.epoch_hook_factory, self.after_train = epoch_hook_factory, after_train
+        self.checkpoints = checkpoints
         self.data = DataCache()
 
     def config_for(self, trial: optuna.Trial) -> TrainConfig:
@@ -76,7 +81,20 @@ class Objective:
             if epoch + 1 < total and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with val PSNR {metrics['val_psnr']:.2f} dB")
 
-        result = train(config, data, on_epoch=on_epoch)
+        last, resume = self.checkpoints.start(trial, config) if self.checkpoints is not None else (None, None)
+        if resume is not None:
+            # The epochs a predecessor trained: their values again, so pruners and plots see the whole curve.
+            for metrics in resume["metrics"]:
+                for k in CURVES:
+                    curves[k].append(round(float(metrics[k]), 6))
+                trial.report(float(metrics["val_psnr"]), int(metrics["epoch"]) + 1)
+            for k in CURVES:
+                trial.set_user_attr(k, curves[k])
+            done = int(resume["epoch"]) + 1
+            # The predecessor may have died between its checkpoint and this check: make it now.
+            if done < total and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {done} (resumed) with val PSNR {curves['val_psnr'][-1]}")
+        result = train(config, data, on_epoch=on_epoch, resume=resume, last=last)
         trial.set_user_attr("device", result.device)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         if self.after_train is not None:
@@ -90,7 +108,8 @@ class ConfirmObjective(Objective):
     The config is the one the candidate's search trial trained (its `config` attr, which every trial `hpo run`
     made records) with this worker's run settings (`--set`, `--data`, `--device`) over it, so the runs differ
     from the search draw only in the seed.
-    Its study's pruner never prunes: candidates are raced over seeds instead.
+    Its study's pruner never prunes: candidates are raced over seeds instead. Runs resume from checkpoints like
+    search trials (a run's retries carry its params, so they are the same run); `hpo.run` keeps no run's weights.
     """
 
     def __init__(
@@ -98,13 +117,14 @@ class ConfirmObjective(Objective):
         candidates: list[dict[str, Any]],
         overrides: dict[str, Any] | None = None,
         epoch_hook_factory: Callable[[optuna.Trial, int], EpochHook] | None = None,
+        checkpoints: TrialCheckpoints | None = None,
     ) -> None:
         for c in candidates:
             if not c.get("config"):
                 raise StudyError(
                     f"trial {c['trial']} recorded no config (not made by `hpo run`): it cannot be retrained"
                 )
-        super().__init__(StudySpec(name="", path=Path()), overrides, epoch_hook_factory)
+        super().__init__(StudySpec(name="", path=Path()), overrides, epoch_hook_factory, checkpoints=checkpoints)
         self.candidates = candidates
 
     def config_for(self, trial: optuna.Trial) -> TrainConfig:

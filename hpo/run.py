@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from hpo import confirm
 from hpo.artifacts import upload_trial_artifacts
@@ -28,6 +29,7 @@ from hpo.results import confirmation_lines, raw_best
 from hpo.samplers import check_space_options, make_sampler, worker_seed
 from hpo.spec import ConfirmSettings, StudySpec, check_compatible, check_values, load_run_spec, spec_summary
 from hpo.storage import mask_url, open_storage, resolve_url
+from hpo.trial_checkpoints import TrialCheckpoints, study_checkpoints
 from hpo.worker import WorkerResult, run_worker
 from model.config import MAX_SEED, TrainConfig, parse_sets
 from model.data import check_layout
@@ -240,6 +242,18 @@ def _sharing_cores(threads: int | None, hook: Callable[[optuna.Trial], None]) ->
     return started
 
 
+def _ending(
+    checkpoints: TrialCheckpoints, hook: Callable[[optuna.Study, FrozenTrial], None]
+) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """`hook`, after the ended trial's checkpoint is kept as its weights or removed (`TrialCheckpoints.ended`)."""
+
+    def ended(study: optuna.Study, trial: FrozenTrial) -> None:
+        checkpoints.ended(study, trial)
+        hook(study, trial)
+
+    return ended
+
+
 def _check_same_run(name: str, attrs: dict[str, Any], spec: StudySpec, epochs: int | None) -> None:
     """A worker joining a study runs what the study recorded: one study, one sampler, pruner and trial length."""
     asked = {"sampler": (spec.sampler, "--sampler"), "pruner": (spec.pruner, "--pruner"), "epochs": (epochs, "--set")}
@@ -276,7 +290,10 @@ def run_study(opts: RunOptions) -> RunSummary:
     def after_train(trial: optuna.Trial, config: TrainConfig, data: DataSet, result: TrainResult) -> None:
         upload_trial_artifacts(url, trial, config, data, result)
 
-    objective = Objective(spec, plan.overrides, epoch_hook_factory=printer.epoch_hook, after_train=after_train)
+    checkpoints = TrialCheckpoints(study_checkpoints(url, spec.name), spec.keep_weights)
+    objective = Objective(
+        spec, plan.overrides, epoch_hook_factory=printer.epoch_hook, after_train=after_train, checkpoints=checkpoints
+    )
     log.debug("worker %s", this_worker())
     result = run_worker(
         study,
@@ -284,7 +301,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         opts.n_trials,
         timeout=opts.timeout,
         on_trial_start=_sharing_cores(plan.threads, printer.trial_started),
-        on_trial_end=printer.trial_finished,
+        on_trial_end=_ending(checkpoints, printer.trial_finished),
         distributions=spec.space,
     )
     summary = _summary(study, result, time.perf_counter() - started)
@@ -318,13 +335,17 @@ def run_confirmation(
         f"confirming the best {len(plan['candidates'])} configs over up to {len(plan['seeds'])} seeds "
         f"(seeds {plan['seeds']}; racing: {racing})"
     )
-    objective = ConfirmObjective(plan["candidates"], overrides, epoch_hook_factory=runs.epoch_hook)
+    # Runs resume like search trials; none keeps its weights (a run re-trains a search trial, whose are kept).
+    checkpoints = TrialCheckpoints(study_checkpoints(url, companion.study_name), keep=0)
+    objective = ConfirmObjective(
+        plan["candidates"], overrides, epoch_hook_factory=runs.epoch_hook, checkpoints=checkpoints
+    )
     result = run_worker(
         companion,
         objective,
         1,
         timeout=max(timeout, 1e-3) if timeout is not None else None,
-        on_trial_end=runs.trial_finished,
+        on_trial_end=_ending(checkpoints, runs.trial_finished),
         source=confirm.source(companion),
     )
     outcome = confirm.summarize(companion)

@@ -86,6 +86,7 @@ class StudySpec:
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     profile: str = ""  # the profile applied, "" for none
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_weights: int = 3  # `[study] keep_weights`: the best trials whose final weights are kept (0: none)
 
     def space_json(self) -> str:
         """Canonical JSON of the search space: stored on the study to detect a changed space on reuse."""
@@ -174,6 +175,12 @@ def _parse(raw: dict[str, Any], path: Path, profile: str | None) -> StudySpec:
         pruner_options=_table(pruner, "options", f"{path}: [pruner.options]"),
         profiles=_table(raw, "profiles", f"{path}: [profiles]"),
     )
+    spec.keep_weights = study.get("keep_weights", spec.keep_weights)
+    if isinstance(spec.keep_weights, bool) or not isinstance(spec.keep_weights, int) or spec.keep_weights < 0:
+        raise SpecError(
+            f"{path}: [study] keep_weights must be a whole number >= 0 (the best trials whose final weights are "
+            f"kept for `hpo predict --trial`; 0 keeps none), got {spec.keep_weights!r}"
+        )
     if spec.direction not in ("maximize", "minimize"):
         raise SpecError(f"{path}: direction must be maximize or minimize, got {spec.direction!r}")
     fixed = _table(raw, "fixed", f"{path}: [fixed]")

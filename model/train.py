@@ -108,13 +108,20 @@ def evaluate(
 
 
 def train(
-    config: TrainConfig, data: DataSet, on_epoch: EpochHook | None = None, resume: dict[str, Any] | None = None
+    config: TrainConfig,
+    data: DataSet,
+    on_epoch: EpochHook | None = None,
+    resume: dict[str, Any] | None = None,
+    last: str | Path | None = None,
 ) -> TrainResult:
     """Train the CVAE on `data` as `config` says, evaluating on the validation videos after every epoch.
 
     Args:
         on_epoch: called after each epoch with (epoch, metrics); may raise to stop.
         resume: a checkpoint dict (from model.checkpoint.load_checkpoint) to continue from its next epoch.
+        last: a file that holds, after each epoch and before `on_epoch`, that epoch's resumable state (what
+            `config.out`'s last.pt holds, written atomically): a study trial's checkpoint, without `out`'s other
+            files (docs/ARCHITECTURE.md, "Trial checkpoints").
     Returns: TrainResult with the final model and per-epoch history.
     Raises: DivergedError when the loss becomes NaN/inf (naming the epoch).
     """
@@ -148,6 +155,9 @@ def train(
         dev_gen.set_state(resume["rng"]["device"].cpu() if device.type == "cpu" else resume["rng"]["device"])
     result.history = history
     best = max((m["val_psnr"] for m in history), default=-math.inf)
+    if history and start_epoch >= total_epochs(config):  # a finished run's checkpoint: nothing left to train
+        ev = evaluate(model, data.val, config, device)
+        result.val_psnr, result.psnr_per_frame = ev.val_psnr, ev.psnr_per_frame
 
     epoch0 = 0
     for stage_name, opt_name, lr, n_epochs in plan:
@@ -179,7 +189,7 @@ def train(
             }
             history.append(metrics)
             result.val_psnr, result.psnr_per_frame = ev.val_psnr, ev.psnr_per_frame
-            if out is not None:
+            if out is not None or last is not None:
                 state = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -190,6 +200,7 @@ def train(
                     "metrics": history,
                     "rng": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()},
                 }
+            if out is not None:
                 if ev.val_psnr > best:
                     save_checkpoint(out / "best.pt", state)
                 # The keep_best best epochs by val PSNR (NaN ranks last, ties go to the earlier epoch).
@@ -204,6 +215,8 @@ def train(
                 # last.pt goes last: it is the commit point a resumed run continues from, so a kill before it
                 # repeats this epoch and rewrites the files above identically.
                 save_checkpoint(out / "last.pt", state)
+            if last is not None:  # likewise the commit point of a trial's checkpoint
+                save_checkpoint(last, state)
             best = max(best, ev.val_psnr)
             log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch, stats["train_loss"], ev.val_psnr)
             if on_epoch is not None:
