@@ -28,8 +28,8 @@ class TrainConfig:
     # --- optimisation -----------------------------------------------------------
     lr: float = 1e-3  # learning rate of the main optimizer stage (> 0)
     optimizer: str = "Adam"  # Adam | AdamW | SGD
-    weight_decay: float = 1e-5  # L2 weight decay passed to the optimizer
-    momentum: float = 0.9  # SGD momentum (ignored by Adam/AdamW)
+    weight_decay: float = 1e-5  # L2 weight decay of the main stage's optimizer
+    momentum: float = 0.9  # SGD momentum of the main stage (ignored by Adam/AdamW)
     lr_milestones: list[int] = field(default_factory=list)  # epochs where MultiStepLR decays
     lr_gamma: float = 1.0  # MultiStepLR decay factor (1 = no decay; template: [2, 5], 0.1)
     batch_size: int = 2  # training clips per optimizer step
@@ -62,6 +62,8 @@ class TrainConfig:
     finetune_optimizer: str = "SGD"  # optimizer of the fine-tune stage
     finetune_epochs: int = 0  # epochs of the fine-tune stage after the main one (0 = off)
     finetune_lr: float = 1e-4  # learning rate of the fine-tune stage (> 0)
+    finetune_momentum: float = 0.0  # SGD momentum of the fine-tune stage (0: plain SGD, as in the report)
+    finetune_weight_decay: float = 0.0  # L2 weight decay of the fine-tune stage's optimizer (0 = off, the report's)
     # --- run settings (never searched) --------------------------------------------
     data: str = ""  # data set root in the lab layout; "" = the built-in synthetic set
     cache_dir: str = ""  # where the decoded uint8 cache lives; "" = next to the data
@@ -119,10 +121,19 @@ class TrainConfig:
             "lr_gamma",
             "momentum",
             "finetune_lr",
+            "finetune_momentum",
+            "finetune_weight_decay",
         ):
             _check(math.isfinite(getattr(self, name)), f"{name} must be a finite number")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0 (0 = off), got {self.weight_decay}")
         _check(self.momentum >= 0, f"momentum must be >= 0 (0 = plain SGD), got {self.momentum}")
+        _check(
+            self.finetune_momentum >= 0, f"finetune_momentum must be >= 0 (0 = plain SGD), got {self.finetune_momentum}"
+        )
+        _check(
+            self.finetune_weight_decay >= 0,
+            f"finetune_weight_decay must be >= 0 (0 = off), got {self.finetune_weight_decay}",
+        )
         _check(
             all(m >= 1 for m in self.lr_milestones),
             f"lr_milestones must be epochs >= 1, got {self.lr_milestones} (e.g. --set lr_milestones=[2,5])",

@@ -60,21 +60,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(name: str, params: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str,
+    params: Any,
+    lr: float,
+    config: TrainConfig,
+    *,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer `name`; momentum and weight decay default to the main stage's (config.momentum, .weight_decay)."""
     # fused: one kernel over all parameters instead of ~15 ops per parameter tensor (torch's CPU default is that
     # per-tensor loop), a few percent of the small profile's step
     # (bench/RESULTS.md, "Measurements behind code choices").
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    decay = config.weight_decay if weight_decay is None else weight_decay
     if name == "Adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=fused)
     if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=fused)
+    mom = config.momentum if momentum is None else momentum
+    return torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=decay, fused=fused)
+
+
+def stage_optimizer(stage_name: str, name: str, lr: float, config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    """A stage's optimizer: the fine-tune stage has its own momentum and weight decay (default 0 and 0: the
+    report's plain SGD), the main stage uses `momentum` and `weight_decay`."""
+    if stage_name == "finetune":
+        return make_optimizer(
+            name, params, lr, config, momentum=config.finetune_momentum, weight_decay=config.finetune_weight_decay
+        )
+    return make_optimizer(name, params, lr, config)
 
 
 def stages(config: TrainConfig) -> list[tuple[str, str, float, int]]:
-    """(stage name, optimizer, lr, epochs): the main stage, then the optional SGD-style fine-tune (report §4.4)."""
+    """(stage name, optimizer, lr, epochs): the main stage, then the optional fine-tune stage (the report's §4.4:
+    plain SGD by default, see stage_optimizer)."""
     out = [("main", config.optimizer, config.lr, config.epochs)]
     if config.finetune_epochs:
         out.append(("finetune", config.finetune_optimizer, config.finetune_lr, config.finetune_epochs))
@@ -165,7 +187,7 @@ def train(
         if start_epoch >= stage_end:
             epoch0 = stage_end
             continue
-        optimizer = make_optimizer(opt_name, model.parameters(), lr, config)
+        optimizer = stage_optimizer(stage_name, opt_name, lr, config, model.parameters())
         milestones = config.lr_milestones if stage_name == "main" else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
         if resume is not None and resume.get("stage") == stage_name and start_epoch > epoch0:

@@ -12,7 +12,7 @@ from model.config import TrainConfig
 from model.errors import DivergedError
 from model.metrics import copy_last_psnr
 from model.synth import synthetic_data
-from model.train import evaluate, train
+from model.train import evaluate, stage_optimizer, train
 
 
 @pytest.fixture
@@ -122,6 +122,21 @@ def test_finetune_stage_runs_after_main(tiny):
     result = train(config, synthetic_data(config))
     assert [m["stage"] for m in result.history] == ["main", "finetune"]
     assert result.history[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_finetune_stage_is_the_reports_plain_sgd_by_default(tiny, tmp_path):
+    config = tiny(epochs=1, finetune_epochs=1, out=str(tmp_path / "ft"))
+    train(config, synthetic_data(config))
+    group = load_checkpoint(tmp_path / "ft" / "last.pt")["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"], group["lr"]) == (0.0, 0.0, pytest.approx(1e-4))
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    # The main stage keeps its own settings; the fine-tune stage's are fields of their own.
+    main = stage_optimizer("main", "SGD", 1e-3, config, params).param_groups[0]
+    assert (main["momentum"], main["weight_decay"]) == (config.momentum, config.weight_decay) == (0.9, 1e-5)
+    tuned = stage_optimizer("finetune", "SGD", 1e-3, tiny(finetune_momentum=0.5, finetune_weight_decay=1e-4), params)
+    assert (tuned.param_groups[0]["momentum"], tuned.param_groups[0]["weight_decay"]) == (0.5, 1e-4)
+    adam = stage_optimizer("finetune", "Adam", 1e-3, tiny(finetune_weight_decay=1e-4), params)
+    assert adam.param_groups[0]["weight_decay"] == 1e-4
 
 
 def test_resume_continues_to_the_same_result(tiny, tmp_path):
