@@ -12,7 +12,10 @@ storage (docs/ARCHITECTURE.md, "Confirmation"):
   retry, SIGTERM re-queue) carries it; runs are queued WAITING trials that workers claim like any trial, with
   the same heartbeat, reaping, signal handling and lost-connection retries as the search;
 - the plan (candidates, seeds, racing settings) is one study attr, written once under the lock; the race's
-  state is replayed from the finished runs, so any worker, at any time, derives the same rounds and drops.
+  state is replayed from the finished runs, so any worker, at any time, derives the same rounds and drops;
+- the race picks its winner on the very means that would estimate it, so those means overstate it (selection
+  bias); the winner is then trained on `estimate` more seeds the race never saw, and its reported value is their
+  mean, an unbiased estimate of what a retrain gives.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.budget import claim_trial
 from hpo.errors import SpecError, StudyError
 from hpo.locks import study_lock
-from hpo.racing import Interval, interval, leader, pooled_sd, race, resolvable_difference
+from hpo.racing import Interval, interval, leader, pooled_half, pooled_sd, race, resolvable_difference
 from hpo.spec import ConfirmSettings
 from hpo.worker import TrialSource
 
@@ -109,6 +112,9 @@ def _plan(search: optuna.Study, settings: ConfirmSettings, space: str) -> dict[s
         ],
         # Fresh seeds: the search trained every candidate with `base`, and picked them on that draw.
         "seeds": [base + 1 + i for i in range(settings.seeds)],
+        # Seeds for the winner alone, after the race: its value on them is not the value it was picked on. A lone
+        # candidate is picked on nothing the race measures, so its race mean is already unbiased.
+        "estimate_seeds": [base + 1 + settings.seeds + i for i in range(settings.estimate)] if len(best) > 1 else [],
         "alpha": settings.alpha,
         "min_seeds": settings.min_seeds,
     }
@@ -143,10 +149,11 @@ def start(search: optuna.Study, storage: Any, settings: ConfirmSettings, space: 
                 f"the search space of study {search.study_name!r} changed since its confirmation was planned: "
                 "confirm with the spec the study ran, or run the changed spec under a new --study-name"
             )
-        elif (len(plan["candidates"]), len(plan["seeds"]), plan["alpha"]) != (
+        elif (len(plan["candidates"]), len(plan["seeds"]), plan["alpha"], len(plan.get("estimate_seeds", []))) != (
             min(settings.top_k, len(plan["candidates"])),
             settings.seeds,
             settings.alpha,
+            settings.estimate if len(plan["candidates"]) > 1 else 0,
         ):
             log.warning("confirmation of %s was planned with other settings: the recorded plan goes on", name)
     advance(confirm)
@@ -155,9 +162,9 @@ def start(search: optuna.Study, storage: Any, settings: ConfirmSettings, space: 
 
 @dataclass
 class _Runs:
-    values: dict[int, list[float | None]]  # candidate -> finished values in seed order (None: failed)
+    values: dict[int, list[float | None]]  # candidate -> finished race values in seed order (None: failed)
     pending: set[tuple[int, int]]  # (candidate, seed) WAITING or RUNNING
-    finished: set[tuple[int, int]]
+    done: dict[tuple[int, int], float | None]  # (candidate, seed) -> value of every finished run
 
 
 def _runs(confirm: optuna.Study, plan: Mapping[str, Any]) -> _Runs:
@@ -184,7 +191,7 @@ def _runs(confirm: optuna.Study, plan: Mapping[str, Any]) -> _Runs:
             if (c, s) not in done:
                 break
             values[c].append(done[(c, s)])
-    return _Runs(values, pending, set(done))
+    return _Runs(values, pending, done)
 
 
 @dataclass
@@ -192,13 +199,15 @@ class _Race:
     alive: set[int]  # candidates still getting seeds
     dropped: dict[int, int]  # candidate -> the round (0-based) after which it was dropped
     current: int  # the round being run (0-based); len(seeds) when every round is done
-    finished: bool  # one candidate left of several, or every round done
+    decided: bool = False  # one candidate left of several, or every round done
+    winner: int | None = None  # the leader once the race is decided
+    finished: bool = False  # decided, and the winner's estimate runs are done
 
 
 def _replay(plan: Mapping[str, Any], runs: _Runs) -> _Race:
     """The race so far, replayed round by round from the finished runs (the same on every worker)."""
     n_candidates, n_seeds = len(plan["candidates"]), len(plan["seeds"])
-    race_state = _Race(set(range(n_candidates)), {}, 0, False)
+    race_state = _Race(set(range(n_candidates)), {}, 0)
     for r in range(n_seeds):
         race_state.current = r
         if any(len(runs.values[c]) <= r for c in race_state.alive):
@@ -208,9 +217,16 @@ def _replay(plan: Mapping[str, Any], runs: _Runs) -> _Race:
             race_state.alive.discard(c)
             race_state.dropped[c] = r
         if n_candidates > 1 and len(race_state.alive) == 1:  # a lone candidate from the start gets every seed
-            race_state.current, race_state.finished = r + 1, True
-            return race_state
-    race_state.current, race_state.finished = n_seeds, True
+            race_state.current = r + 1
+            return _decide(plan, runs, race_state)
+    race_state.current = n_seeds
+    return _decide(plan, runs, race_state)
+
+
+def _decide(plan: Mapping[str, Any], runs: _Runs, race_state: _Race) -> _Race:
+    race_state.decided = True
+    race_state.winner = leader({c: runs.values[c] for c in race_state.alive})
+    race_state.finished = all((race_state.winner, s) in runs.done for s in plan.get("estimate_seeds", []))
     return race_state
 
 
@@ -222,13 +238,17 @@ def advance(confirm: optuna.Study) -> bool:
         state = _replay(plan, runs)
         if state.finished:
             return True
-        seed = plan["seeds"][state.current]
-        for c in sorted(state.alive):
-            if (c, seed) in runs.finished or (c, seed) in runs.pending:
+        if state.decided:  # the winner's estimate runs, all queued at once: several workers share them
+            wanted = [(state.winner, s) for s in plan["estimate_seeds"]]
+            attrs = {"round": len(plan["seeds"]) + 1, "phase": "estimate"}
+        else:
+            wanted = [(c, plan["seeds"][state.current]) for c in sorted(state.alive)]
+            attrs = {"round": state.current + 1, "phase": "race"}
+        for c, seed in wanted:
+            if (c, seed) in runs.done or (c, seed) in runs.pending:
                 continue
             confirm.enqueue_trial(
-                {"candidate": c, "seed": seed},
-                user_attrs={"candidate_trial": plan["candidates"][c]["trial"], "round": state.current + 1},
+                {"candidate": c, "seed": seed}, user_attrs={"candidate_trial": plan["candidates"][c]["trial"], **attrs}
             )
     return False
 
@@ -256,6 +276,8 @@ class CandidateResult:
     values: list[float | None]  # their val PSNR (None: the run failed)
     interval: Interval | None  # over `values`; None before its first run
     dropped_after: int | None  # the round after which racing dropped it (1-based), None while it races
+    estimate_seeds: list[int] = field(default_factory=list)  # the winner's seeds after the race, finished ones
+    estimate_values: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -268,6 +290,16 @@ class Confirmation:
     noise_df: int = 0
     resolvable: float | None = None  # smallest difference of two means over the winner's seeds this noise resolves
     seeds_planned: list[int] = field(default_factory=list)
+    estimate_planned: list[int] = field(default_factory=list)  # the winner's seeds after the race ([]: none)
+    # The winner's reported value: the mean over its estimate seeds (unbiased; its 95% interval uses the pooled
+    # seed noise), or over its race seeds when no estimate round is planned. None until finished.
+    estimate: Interval | None = None
+    decided: bool = False  # the race is over (the winner may still be running its estimate seeds)
+
+    @property
+    def race_mean(self) -> float | None:
+        """The winner's mean over the seeds the race picked it on (biased upwards when it beat others)."""
+        return self.winner.interval.mean if self.winner is not None and self.winner.interval is not None else None
 
 
 def summarize(confirm: optuna.Study) -> Confirmation:
@@ -293,10 +325,19 @@ def summarize(confirm: optuna.Study) -> Confirmation:
         )
     racing = {c: runs.values[c] for c in state.alive if runs.values[c]}
     winner = results[leader(racing)] if racing else None
-    noise = pooled_sd([r.values for r in results])
+    planned = list(plan.get("estimate_seeds", []))
+    if winner is not None and state.decided:
+        for s in planned:
+            if (winner.index, s) in runs.done:
+                winner.estimate_seeds.append(s)
+                winner.estimate_values.append(runs.done[(winner.index, s)])
+    noise = pooled_sd([r.values for r in results] + ([winner.estimate_values] if winner else []))
     resolvable = None
     if noise is not None and winner is not None and winner.values:
         resolvable = resolvable_difference(noise[0], noise[1], len(winner.values))
+    estimate = None
+    if state.finished and winner is not None:
+        estimate = _estimate(winner, noise) if planned else winner.interval
     return Confirmation(
         confirm.study_name,
         state.finished,
@@ -306,7 +347,19 @@ def summarize(confirm: optuna.Study) -> Confirmation:
         noise[1] if noise else 0,
         resolvable,
         list(plan["seeds"]),
+        planned,
+        estimate,
+        state.decided,
     )
+
+
+def _estimate(winner: CandidateResult, noise: tuple[float, int] | None) -> Interval:
+    """The winner's mean over its estimate seeds; the interval's spread is the pooled seed noise (its own two or
+    three values would give a t interval with one or two degrees of freedom, several times wider)."""
+    own = interval(winner.estimate_values)
+    if noise is None or not math.isfinite(own.mean):
+        return own
+    return Interval(own.mean, pooled_half(noise[0], noise[1], own.n), own.n)
 
 
 def load_confirmation(storage: Any, search_name: str) -> Confirmation | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-__all__ = ["Interval", "interval", "leader", "pooled_sd", "race", "resolvable_difference"]
+__all__ = ["Interval", "interval", "leader", "pooled_half", "pooled_sd", "race", "resolvable_difference"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,11 @@ def pooled_sd(groups: Sequence[Sequence[float | None]]) -> tuple[float, int] | N
             ss += statistics.variance(xs) * (len(xs) - 1)
             df += len(xs) - 1
     return (math.sqrt(ss / df), df) if df else None
+
+
+def pooled_half(sd: float, df: int, n: int, level: float = 0.95) -> float:
+    """Half-width of the two-sided t interval of a mean over `n` seeds, the seed noise `sd` pooled with `df`."""
+    return float(stats.t.ppf(0.5 + level / 2, df)) * sd / math.sqrt(n)
 
 
 def resolvable_difference(sd: float, df: int, n: int, level: float = 0.95) -> float:

@@ -311,12 +311,16 @@ def _confirmation(study: optuna.Study) -> str:
     out = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("  "))
     if conf is None:
         return out
+    # The estimate seeds (the winner's, after the race) are columns of their own, marked, after the race's.
     header = ["candidate", "trial", "search value", *[f"seed {s}" for s in conf.seeds_planned]]
-    header += ["mean", "95% interval", "status"]
+    header += [f"seed {s} (estimate)" for s in conf.estimate_planned]
+    header += ["race mean", "95% interval", "status"]
     rows = []
     for r in conf.candidates:
         vals = ["failed" if v is None else f"{v:.2f}" for v in r.values]
         vals += ["-"] * (len(conf.seeds_planned) - len(vals))
+        vals += ["failed" if v is None else f"{v:.2f}" for v in r.estimate_values]
+        vals += ["-"] * (len(conf.estimate_planned) - len(r.estimate_values))
         iv = r.interval
         mean = "-" if iv is None else f"{iv.mean:.2f}"
         bounds = "-" if iv is None or iv.half is None else f"{iv.low:.2f} .. {iv.high:.2f}"

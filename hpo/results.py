@@ -95,8 +95,10 @@ class Answer:
     """A study's answer: the confirmed winner when confirmation finished, else the raw best trial."""
 
     trial: FrozenTrial  # the search trial whose config is the answer
-    value: float  # the estimate the ranking uses: the mean over seeds when confirmed, else the one draw
-    values: list[float | None]  # per-seed values (the one draw when not confirmed)
+    # The reported estimate: when confirmed, the winner's mean over its estimate seeds (held back from the race,
+    # so unbiased), or over its race seeds when no estimate round was planned; else the one draw.
+    value: float
+    values: list[float | None]  # per-seed values, race seeds then estimate seeds (the one draw when not confirmed)
     seeds: list[int]
     confirmed: bool
     interval: tuple[float, float] | None  # 95% t interval of the mean (confirmed, two seeds or more)
@@ -112,13 +114,27 @@ class Answer:
                 "(run `hpo run` with [confirm] in the spec, or `hpo top`)"
             )
         if not self.confirmed:
-            done = sum(len(r.values) for r in c.candidates)
+            done = sum(len(r.values) + len(r.estimate_values) for r in c.candidates)
             return f"confirmation in progress ({done} runs done): the value is still the one best draw"
         gap = self.raw.value - self.value if self.raw.value is not None else math.nan
-        return (
-            f"confirmed over {len(self.seeds)} seeds; the raw single-draw best was {self.raw.value:.2f} dB "
+        return f"{_how_estimated(c)}; " + (
+            f"the raw single-draw best was {self.raw.value:.2f} dB "
             f"(trial {self.raw.number}), {gap:+.2f} dB above this estimate (the winner's curse on this study)"
         )
+
+
+def _how_estimated(c: confirm.Confirmation) -> str:
+    """Which seeds the confirmed value is the mean of, and whether it was picked on them."""
+    w = c.winner
+    assert w is not None and c.estimate is not None
+    if c.estimate_planned:
+        return (
+            f"confirmed: the mean over seeds {w.estimate_seeds}, held back from the race "
+            f"(the race's mean over seeds {w.seeds}, which picked it, was {c.race_mean:.2f} dB)"
+        )
+    if len(c.candidates) > 1:
+        return f"confirmed over seeds {w.seeds}, the seeds that also picked it (so the mean leans high)"
+    return f"confirmed over seeds {w.seeds}"
 
 
 def answer(study: optuna.Study) -> Answer:
@@ -126,12 +142,13 @@ def answer(study: optuna.Study) -> Answer:
     raw = best_trial(study)
     conf = confirm.load_confirmation(storage_of(study), study.study_name)
     w = conf.winner if conf is not None and conf.finished else None
-    if w is not None and w.interval is not None:
+    if conf is not None and w is not None and conf.estimate is not None:
         trials = study.get_trials(deepcopy=False)
         trial = trials[w.trial] if w.trial < len(trials) else raw  # trial numbers index the study's trials
-        iv = w.interval
+        iv = conf.estimate
         bounds = (iv.low, iv.high) if iv.low is not None and iv.high is not None else None
-        return Answer(trial, iv.mean, list(w.values), list(w.seeds), True, bounds, raw, conf)
+        values, seeds = [*w.values, *w.estimate_values], [*w.seeds, *w.estimate_seeds]
+        return Answer(trial, iv.mean, values, seeds, True, bounds, raw, conf)
     seed = int(trial_config(study, raw).seed)
     return Answer(raw, float(raw.value), [raw.value], [seed], False, None, raw, conf)  # type: ignore[arg-type]
 
@@ -142,22 +159,31 @@ def confirmation_lines(conf: confirm.Confirmation | None, raw: FrozenTrial | Non
         return ["not confirmed over seeds (no confirmation has run on this study)"]
     lines = []
     w = conf.winner
-    state = "confirmed" if conf.finished else "confirmation in progress; leading"
-    if w is not None and w.interval is not None:
-        iv = w.interval
+    if w is not None and conf.estimate is not None:
+        iv = conf.estimate
         ci = f" (95% interval {iv.low:.2f} .. {iv.high:.2f})" if iv.half is not None else ""
-        lines.append(f"{state}: trial {w.trial}'s config, val PSNR {iv.mean:.2f} dB over {iv.n} seeds{ci}")
+        lines.append(f"confirmed: trial {w.trial}'s config, val PSNR {iv.mean:.2f} dB{ci}")
+        lines.append(_how_estimated(conf))
         if raw is not None and raw.value is not None:
             lines.append(
                 f"raw single-draw best: trial {raw.number}, {raw.value:.2f} dB, {raw.value - iv.mean:+.2f} dB "
                 "above the confirmed estimate (the winner's curse)"
             )
+    elif w is not None and w.interval is not None:
+        state = "race decided, estimating the winner on fresh seeds" if conf.decided else "leading"
+        lines.append(
+            f"confirmation in progress; {state}: trial {w.trial}'s config, {w.interval.mean:.2f} dB over "
+            f"{w.interval.n} race seeds"
+        )
     if conf.noise_sd is not None:
         res = f"; two configs closer than {conf.resolvable:.2f} dB cannot be told apart" if conf.resolvable else ""
         lines.append(f"seed noise: sd {conf.noise_sd:.2f} dB (pooled over the candidates' runs){res}")
     for r in conf.candidates:
         vals = ", ".join("failed" if v is None else f"{v:.2f}" for v in r.values) or "no runs yet"
         out = f"dropped after round {r.dropped_after}" if r.dropped_after else "racing" if not conf.finished else "kept"
+        if r.estimate_values:
+            est = ", ".join("failed" if v is None else f"{v:.2f}" for v in r.estimate_values)
+            out += f"; estimate seeds {r.estimate_seeds}: [{est}]"
         lines.append(f"  candidate {r.index} (trial {r.trial}, search {r.search_value:.2f} dB): [{vals}] {out}")
     return lines
 
@@ -167,7 +193,7 @@ def export_toml(study: optuna.Study, ans: Answer, storage_label: str, raw: bool 
     trial = ans.raw if raw else ans.trial
     config = trial_config(study, trial)
     what = (
-        f"confirmed val PSNR {ans.value:.4f} dB over seeds {ans.seeds}"
+        f"confirmed val PSNR {ans.value:.4f} dB (seeds {_value_seeds(ans)}; all seeds {ans.seeds})"
         if ans.confirmed and not raw
         else f"val PSNR {trial.value:.4f} dB (one training draw, not confirmed over seeds)"
     )
@@ -176,6 +202,14 @@ def export_toml(study: optuna.Study, ans: Answer, storage_label: str, raw: bool 
         f"storage {storage_label}\nreproduce: hpo train THIS_FILE"
     )
     return to_toml(config, header)
+
+
+def _value_seeds(ans: Answer) -> list[int]:
+    """The seeds `ans.value` is the mean of (the estimate seeds when an estimate round ran)."""
+    c = ans.confirmation
+    if ans.confirmed and c is not None and c.winner is not None and c.estimate_planned:
+        return list(c.winner.estimate_seeds)
+    return list(ans.seeds)
 
 
 def write_export(study: optuna.Study, storage_label: str, path: str, raw: bool = False) -> Answer:
@@ -196,6 +230,8 @@ def best_dict(study: optuna.Study) -> dict[str, Any]:
         "values": ans.values,
         "seeds": ans.seeds,
         "confirmed": ans.confirmed,
+        "value_seeds": _value_seeds(ans),
+        "race_value": ans.confirmation.race_mean if ans.confirmed and ans.confirmation else None,
         "interval95": list(ans.interval) if ans.interval else None,
         "raw_best": {"trial": ans.raw.number, "value": ans.raw.value},
         "note": ans.note(),

@@ -58,6 +58,7 @@ class RunOptions:
     profile: str | None = None  # None: `small` when no data set is given, else none
     confirm_top: int | None = None  # over the spec's [confirm] top_k (turns confirmation on)
     confirm_seeds: int | None = None  # over the spec's [confirm] seeds (turns confirmation on)
+    confirm_estimate: int | None = None  # over the spec's [confirm] estimate (turns confirmation on)
     no_confirm: bool = False
     threads: int | None = None  # torch threads; None: $HPO_TORCH_THREADS, else the machine's cores split
     quiet: bool = False
@@ -162,20 +163,25 @@ def _layout_config(spec: StudySpec, base: TrainConfig) -> TrainConfig:
 
 
 def _confirm_options(spec: StudySpec, opts: RunOptions) -> None:
-    """Apply --confirm-top, --confirm-seeds and --no-confirm to the spec's [confirm] settings."""
-    flags = (("--confirm-top", opts.confirm_top), ("--confirm-seeds", opts.confirm_seeds))
+    """Apply --confirm-top, --confirm-seeds, --confirm-estimate and --no-confirm to the spec's [confirm]."""
+    flags = (
+        ("--confirm-top", opts.confirm_top),
+        ("--confirm-seeds", opts.confirm_seeds),
+        ("--confirm-estimate", opts.confirm_estimate),
+    )
     asked = [flag for flag, value in flags if value is not None]
     if opts.no_confirm and asked:
         raise SpecError(f"{' and '.join(asked)} asks for confirmation and --no-confirm turns it off: drop one")
     if opts.no_confirm:
         spec.confirm = replace(spec.confirm, enabled=False)
     elif asked:
-        top, seeds = opts.confirm_top, opts.confirm_seeds
+        top, seeds, estimate = opts.confirm_top, opts.confirm_seeds, opts.confirm_estimate
         spec.confirm = replace(
             spec.confirm,
             enabled=True,
             top_k=spec.confirm.top_k if top is None else top,
             seeds=spec.confirm.seeds if seeds is None else seeds,
+            estimate=spec.confirm.estimate if estimate is None else estimate,
         ).check(" and ".join(asked))
 
 

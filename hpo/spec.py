@@ -46,10 +46,17 @@ class ConfirmSettings:
     seeds: int = 3  # the most training seeds each candidate gets (seeds seed+1 .. seed+S of the trials' `seed`)
     alpha: float = 0.1  # one-sided level of the paired t-test that drops a candidate; 0 = no racing
     min_seeds: int = 2  # seeds every candidate gets before any is dropped
+    estimate: int = 2  # fresh seeds for the winner after the race; its reported value is their mean (0: the race's)
 
     def check(self, where: str) -> ConfirmSettings:
         """Raise SpecError naming `where` (the table or flag) for a setting out of range."""
-        for name, value, low in (("top_k", self.top_k, 1), ("seeds", self.seeds, 1), ("min_seeds", self.min_seeds, 2)):
+        checks = (
+            ("top_k", self.top_k, 1),
+            ("seeds", self.seeds, 1),
+            ("min_seeds", self.min_seeds, 2),
+            ("estimate", self.estimate, 0),
+        )
+        for name, value, low in checks:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SpecError(f"{where}: {name} must be a whole number >= {low}, got {value!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not 0 <= self.alpha < 0.5:
@@ -59,8 +66,8 @@ class ConfirmSettings:
 
 def _confirm(table: Any, where: str, base: ConfirmSettings | None = None) -> ConfirmSettings:
     if not isinstance(table, dict):
-        raise SpecError(f"{where} must be a table of top_k, seeds, alpha, min_seeds (and enabled)")
-    allowed = {"enabled", "top_k", "seeds", "alpha", "min_seeds"}
+        raise SpecError(f"{where} must be a table of top_k, seeds, alpha, min_seeds, estimate (and enabled)")
+    allowed = {"enabled", "top_k", "seeds", "alpha", "min_seeds", "estimate"}
     unknown = set(table) - allowed
     if unknown:
         raise SpecError(f"{where}: unknown keys {sorted(unknown)}: use {', '.join(sorted(allowed))}")

@@ -34,7 +34,10 @@ def top(
         SpecError: -k or --seeds below 1, or an override of a hyperparameter (the confirmed config would not be
             the one the study reports).
     """
-    settings = ConfirmSettings(enabled=True, top_k=k, seeds=seeds, alpha=alpha, min_seeds=2).check("-k/--seeds")
+    # No estimate round: `hpo top` shows every candidate on the same seeds, and its note says the winner's mean
+    # was picked on them.
+    settings = ConfirmSettings(enabled=True, top_k=k, seeds=seeds, alpha=alpha, min_seeds=2, estimate=0)
+    settings.check("-k/--seeds")
     searched = sorted(set(overrides) - RUN_SETTINGS)
     if searched:
         raise SpecError(

@@ -46,6 +46,14 @@ def _assert_each_run_finished_once(companion: optuna.Study) -> None:
     # Every candidate still racing at the end has all its seeds; a dropped one stops at the round it lost.
     for r in outcome.candidates:
         assert len(r.values) == (len(outcome.seeds_planned) if r.dropped_after is None else r.dropped_after)
+    # Then the winner alone ran every estimate seed, which the race never used; its value is their mean.
+    assert outcome.estimate_planned and not set(outcome.estimate_planned) & set(outcome.seeds_planned)
+    for r in outcome.candidates:
+        assert r.estimate_seeds == (outcome.estimate_planned if r is outcome.winner else [])
+    assert outcome.estimate is not None and outcome.estimate.n == len(outcome.estimate_planned)
+    phases = {t.params["seed"]: t.user_attrs["phase"] for t in companion.trials if t.state == TrialState.COMPLETE}
+    assert {phases[s] for s in outcome.estimate_planned} == {"estimate"}
+    assert {phases[s] for s in outcome.seeds_planned} == {"race"}
 
 
 @pytest.mark.slow
@@ -98,8 +106,12 @@ def test_best_json_and_export_give_the_confirmed_winner_beside_the_raw_best(
     code, out, _ = cli(capsys, "best", "--study", STUDY, "--storage", confirmed, "--json")
     best = json.loads(out)
     assert code == 0 and best["confirmed"] is True
-    assert best["seeds"] == [1, 2] and len(best["values"]) == 2
-    assert best["value"] == pytest.approx(sum(best["values"]) / 2)
+    # Raced on seeds 1 and 2 (the trials trained with 0), then the winner's value is the mean over seeds 3 and 4,
+    # which the race did not see: the race's own mean, which picked it, is beside it.
+    assert best["seeds"] == [1, 2, 3, 4] and len(best["values"]) == 4 and best["value_seeds"] == [3, 4]
+    assert best["value"] == pytest.approx(sum(best["values"][2:]) / 2)
+    assert best["race_value"] == pytest.approx(sum(best["values"][:2]) / 2)
+    assert "held back from the race" in best["note"]
     lo, hi = best["interval95"]
     assert lo < best["value"] < hi
     assert set(best["raw_best"]) == {"trial", "value"} and isinstance(best["params"], dict)
@@ -136,6 +148,8 @@ def test_a_study_without_confirmation_says_so_in_one_line(
     [
         (["--confirm-top", "0"], ["top_k", ">= 1"]),
         (["--confirm-seeds", "0"], ["seeds", ">= 1"]),
+        (["--confirm-estimate", "-1"], ["estimate", ">= 0"]),
+        (["--confirm-estimate", "2", "--no-confirm"], ["--no-confirm", "drop one"]),
         (["--confirm-top", "2", "--no-confirm"], ["--no-confirm", "drop one"]),
     ],
 )

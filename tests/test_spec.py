@@ -57,9 +57,10 @@ def test_small_profile_brings_its_own_pruner():
 
 
 def test_vp_bo_confirms_on_both_profiles():
-    for profile, top_k in ((None, 2), ("small", 3)):  # 70-epoch runs on the lab profile: one candidate fewer
+    # 70-epoch runs on the lab profile: one candidate and one race seed fewer; both estimate on 2 fresh seeds
+    for profile, top_k, seeds in ((None, 2, 2), ("small", 3, 3)):
         c = load_spec("vp-bo", profile).confirm
-        assert (c.enabled, c.top_k, c.seeds, c.alpha, c.min_seeds) == (True, top_k, 3, 0.1, 2)
+        assert (c.enabled, c.top_k, c.seeds, c.alpha, c.min_seeds, c.estimate) == (True, top_k, seeds, 0.1, 2, 2)
     assert load_spec("smoke").confirm.enabled is False  # no [confirm]: `hpo run` stops after the search
 
 

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     confirm = p.add_argument_group("confirmation (after the search, retrain the best configs over seeds)")
     confirm.add_argument("--confirm-top", type=int, metavar="K", help="candidates to confirm (default: spec's)")
     confirm.add_argument("--confirm-seeds", type=int, metavar="S", help="most seeds per candidate (default: spec's)")
+    confirm.add_argument(
+        "--confirm-estimate", type=int, metavar="E", help="fresh seeds for the winner's value (default: spec's)"
+    )
     confirm.add_argument("--no-confirm", action="store_true", help="stop after the search, confirm nothing")
     p.set_defaults(func=run)
 
