@@ -82,11 +82,11 @@ def test_a_diverged_seed_ranks_its_config_last(fresh_url, monkeypatch):
 
     calls = []
 
-    def second_run_diverges(config, data, on_epoch=None):  # round 1 trains candidates 0, 1, then round 2
+    def second_run_diverges(config, data, on_epoch=None, **kwargs):  # round 1: candidates 0, 1, then round 2
         calls.append(config.seed)
         if len(calls) == 3:  # candidate 0 (the best search value), seed 6
             raise DivergedError(0, float("nan"))
-        return train(config, data, on_epoch=on_epoch)
+        return train(config, data, on_epoch=on_epoch, **kwargs)
 
     monkeypatch.setattr(hpo.objective, "train", second_run_diverges)
     study = optuna.load_study(study_name="tiny", storage=fresh_url)
