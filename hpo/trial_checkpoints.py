@@ -26,13 +26,22 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.artifacts import artifacts_dir
 from hpo.errors import StudyError
-from model.checkpoint import check_resumable, config_of, load_checkpoint, model_from_checkpoint
+from model.checkpoint import atomic_write_bytes, check_resumable, config_of, load_checkpoint, model_from_checkpoint
 from model.config import TrainConfig
 from model.errors import CheckpointError
 from model.predict import check_fields
 from model.retrain import RESUME_FREE_FIELDS
 
-__all__ = ["LINEAGE_ATTR", "RESUMED_ATTR", "TrialCheckpoints", "kept_weights", "lineage_of", "study_checkpoints"]
+__all__ = [
+    "LINEAGE_ATTR",
+    "RESUMED_ATTR",
+    "TrialCheckpoints",
+    "export_weights",
+    "kept_weights",
+    "lineage_of",
+    "study_checkpoints",
+    "trial_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +188,15 @@ def trial_weights(study: optuna.Study, url: str, number: int) -> Path:
             f"{have}): pick a kept trial, or `hpo export` its config and `hpo retrain` it"
         )
     return kept[number]
+
+
+def export_weights(study: optuna.Study, url: str, number: int, dest: str | Path) -> Path:
+    """`hpo export --weights PATH`: copy trial N's kept final checkpoint to `dest`, atomically.
+
+    Raises:
+        StudyError: trial N kept no weights; WriteError: `dest` cannot be written.
+    """
+    source = trial_weights(study, url, number)
+    data = source.read_bytes()
+    atomic_write_bytes(dest, lambda f: f.write(data))
+    return Path(dest)

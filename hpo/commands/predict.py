@@ -1,11 +1,17 @@
-"""`hpo predict --checkpoint CKPT --data DIR [--out DIR]`: the lab's submission.csv from a checkpoint alone."""
+"""`hpo predict --checkpoint CKPT --data DIR [--out DIR]`: the lab's submission.csv from a checkpoint alone.
+
+`--trial N --study NAME` takes a study trial's kept final weights instead (docs/ARCHITECTURE.md, "Trial checkpoints").
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from hpo.commands.common import add_command, add_sets
+from hpo.commands.common import add_command, add_sets, add_storage, add_study, load_study
+from hpo.storage import resolve_url
+from hpo.trial_checkpoints import trial_weights
 from model.config import parse_sets
+from model.errors import UsageError
 from model.predict import SUBMISSION, predict
 
 HELP = "roll out every test video from a checkpoint and write submission.csv"
@@ -18,7 +24,10 @@ DESCRIPTION = (
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, common, "predict", HELP, DESCRIPTION)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `hpo retrain`/`hpo train` (best.pt)")
+    p.add_argument("--checkpoint", help="a checkpoint written by `hpo retrain`/`hpo train` (best.pt)")
+    p.add_argument("--trial", type=int, help="instead of --checkpoint: a trial of --study that kept its final weights")
+    add_study(p, required=False, help="the study of --trial")
+    add_storage(p)
     p.add_argument("--data", required=True, help="data set in the lab layout with a test split (test/test_img/K, ...)")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--poses", type=int, default=0, help="expected poses per test video, e.g. 630 (default: any)")
@@ -27,10 +36,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    result = predict(args.checkpoint, args.data, args.out, parse_sets(args.sets), args.poses)
+    result = predict(_checkpoint(args), args.data, args.out, parse_sets(args.sets), args.poses)
     val = f"; val PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     print(
         f"wrote {result.submission} ({result.n_videos} videos x {result.n_poses} frames) and "
         f"{len(result.gifs)} GIFs{val}"
     )
     return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> str:
+    if (args.checkpoint is None) == (args.trial is None):
+        raise UsageError(
+            "give one of --checkpoint FILE or --trial N (with --study NAME): which weights to predict with"
+        )
+    if args.checkpoint is not None:
+        return str(args.checkpoint)
+    if not args.study:
+        raise UsageError(f"--trial {args.trial} needs --study NAME (and --storage URL unless the default): whose trial")
+    return str(trial_weights(load_study(args, heartbeat=False), resolve_url(args.storage), args.trial))
