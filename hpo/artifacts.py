@@ -17,6 +17,7 @@ See docs/ARCHITECTURE.md, "Outputs".
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
 from model.config import TrainConfig
 from model.dataset import DataSet
@@ -38,6 +39,7 @@ __all__ = [
     "artifact_store_for",
     "artifacts_dir",
     "attach_to_study",
+    "export_filename",
     "upload_trial_artifacts",
 ]
 
@@ -76,21 +78,34 @@ def artifact_store_for(url: str, directory: str | Path | None = None) -> FileSys
     return FileSystemArtifactStore(str(base))
 
 
-def attach_to_study(url: str, study: optuna.Study, path: str | Path, mimetype: str | None = None) -> str | None:
-    """Upload a file (e.g. the exported best config) as an artifact of the study; returns its artifact id.
+def attach_to_study(url: str, study: optuna.Study, filename: str, text: str, mimetype: str | None = None) -> str | None:
+    """Attach `text` (e.g. the exported best config) to the study as artifact `filename`, once: a study that holds an
+    artifact of that name already keeps it and gets no copy. Returns the artifact's id.
 
-    Studies take artifacts at any time. A store that cannot be written is a logged warning and None: the file
-    itself was written already.
+    Put what identifies the content in `filename` (`export_filename`): exporting the same config again then
+    uploads nothing, and the dashboard lists each exported config once. Studies take artifacts at any time. A
+    store that cannot be written is a logged warning and None: the output itself was written already.
     """
+    for meta in get_all_artifact_meta(study):
+        if meta.filename == filename:
+            return meta.artifact_id
     try:
-        return upload_artifact(
-            artifact_store=artifact_store_for(url), file_path=str(path), study_or_trial=study, mimetype=mimetype
-        )
+        with tempfile.TemporaryDirectory(prefix="hpo-attach-") as tmp:
+            path = Path(tmp) / filename
+            path.write_text(text)
+            return upload_artifact(
+                artifact_store=artifact_store_for(url), file_path=str(path), study_or_trial=study, mimetype=mimetype
+            )
     except OSError as exc:
-        log.warning(
-            "%s not attached to study %s (%s); set %s to a writable folder", path, study.study_name, exc, ARTIFACTS_ENV
-        )
+        name = study.study_name
+        log.warning("%s not attached to study %s (%s); set %s to a writable folder", filename, name, exc, ARTIFACTS_ENV)
         return None
+
+
+def export_filename(trial_number: int, text: str) -> str:
+    """The artifact name of an exported config: its trial and a hash of its text, so one content is one artifact."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"best-config-trial-{trial_number}-{digest}.toml"
 
 
 def upload_trial_artifacts(

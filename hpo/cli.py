@@ -15,8 +15,9 @@ import warnings
 
 import optuna
 
+import hpo
 from hpo.commands import best, dashboard, data, export, predict, report, retrain, run, status, top, train
-from hpo.storage import ENV_STORAGE, mask_secrets
+from hpo.storage import ENV_STORAGES, mask_secrets
 from model.errors import UsageError
 
 # The order `hpo --help` lists them.
@@ -25,12 +26,26 @@ COMMANDS = (run, status, best, export, report, dashboard, top, retrain, predict,
 EXIT_USAGE = 2
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(prefix: str = "") -> argparse.ArgumentParser:
+    """-v, -q and --debug, which every command takes; `prefix` gives the dests of the copy before the command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    common.add_argument("-q", "--quiet", action="store_true", help="only errors and the final result")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("-v", "--verbose", dest=f"{prefix}verbose", action="count", default=0, help="more log output")
+    common.add_argument(
+        "-q", "--quiet", dest=f"{prefix}quiet", action="store_true", help="only errors and the final result"
+    )
+    common.add_argument("--debug", dest=f"{prefix}debug", action="store_true", help="show tracebacks of errors")
     return common
+
+
+# The global flags are accepted before the command too (`hpo -v status`). They get their own dests: a
+# subparser writes its defaults over what the main parser parsed, so a shared dest would lose `hpo -v status`'s -v.
+_BEFORE = "before_"
+
+
+def _merge_global_flags(args: argparse.Namespace) -> None:
+    args.verbose = getattr(args, "verbose", 0) + getattr(args, f"{_BEFORE}verbose", 0)
+    for name in ("quiet", "debug"):
+        setattr(args, name, getattr(args, name, False) or getattr(args, f"{_BEFORE}{name}", False))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,12 +56,19 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; tests use it to validate commands (e.g. docker-compose's)."""
-    parser = _Parser(prog="hpo", description="Hyperparameter studies for the CVAE video-prediction model.")
+    description = "Hyperparameter studies for the CVAE video-prediction model."
+    parser = _Parser(prog="hpo", description=description, parents=[_common(_BEFORE)])
+    parser.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     common = _common()
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.register(sub, common)
     return parser
+
+
+def version_line() -> str:
+    """`hpo --version`: this package's version, and Optuna's, which decides what a storage holds."""
+    return f"hpo (vp-hpo) {hpo.__version__}, optuna {optuna.__version__}"
 
 
 class _MaskingFilter(logging.Filter):
@@ -64,10 +86,10 @@ class _MaskingFilter(logging.Filter):
 
 
 def _storage_urls(argv: list[str]) -> list[str]:
-    """Every URL that may carry a password: the arguments that look like URLs, and env HPO_STORAGE."""
+    """Every URL that may carry a password: the arguments that look like URLs, env HPO_STORAGE and OPTUNA_STORAGE."""
     urls = [a.split("=", 1)[1] if a.startswith("--") and "=" in a else a for a in argv if "://" in a]
-    env = os.environ.get(ENV_STORAGE, "").strip()
-    return [u.strip() for u in [*urls, env] if u.strip()]
+    envs = [os.environ.get(name, "") for name in ENV_STORAGES]
+    return [u.strip() for u in [*urls, *envs] if u.strip()]
 
 
 def _configure_logging(args: argparse.Namespace, urls: list[str]) -> None:
@@ -100,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             if not any(a.startswith(("-v", "--verbose")) for a in argv):
                 warnings.simplefilter("ignore")  # until logging takes them (a warning while parsing or set-up)
             args = build_parser().parse_args(argv)
+        _merge_global_flags(args)
         _configure_logging(args, urls)
         return int(args.func(args) or 0)
     except UsageError as exc:

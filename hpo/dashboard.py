@@ -1,7 +1,9 @@
 """`hpo dashboard`: optuna-dashboard on the study storage, with the trials' artifacts (docs/ARCHITECTURE.md, "Outputs").
 
 optuna-dashboard does the serving; this module only checks that the address is free first (so a busy port is
-one line, not a traceback from inside the server) and builds the URL to print.
+one line, not a traceback from inside the server), names the value of hpo studies made before studies stored
+their metric name (`hpo.metric`), and builds the URL to print. `-q` serves through a quiet handler: no banner,
+no line per request.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import optuna
 import optuna_dashboard
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage
@@ -20,9 +24,10 @@ from optuna.storages import BaseStorage
 from hpo import results
 from hpo.artifacts import artifact_store_for, artifacts_dir
 from hpo.errors import DashboardError
+from hpo.metric import is_hpo_study, name_metric
 from hpo.storage import open_storage
 
-__all__ = ["Dashboard", "check_address", "dashboard_url", "prepare", "serve"]
+__all__ = ["Dashboard", "check_address", "dashboard_url", "name_metrics", "prepare", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +67,41 @@ def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def serve(storage: BaseStorage, host: str, port: int, artifact_store: FileSystemArtifactStore | Any) -> None:
-    """Run optuna-dashboard until interrupted (blocks)."""
+def serve(
+    storage: BaseStorage, host: str, port: int, artifact_store: FileSystemArtifactStore | Any, quiet: bool = False
+) -> None:
+    """Run optuna-dashboard until interrupted (blocks); `quiet`: without its banner and its line per request."""
     log.info("optuna-dashboard %s on %s:%d", optuna_dashboard.__version__, host, port)
-    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifact_store)
+    if not quiet:
+        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifact_store)
+        return
+    # run_server always prints bottle's banner and wsgiref's request lines; its WSGI app on a quiet server does not.
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+    server_class = _IPv6Server if ":" in host else WSGIServer
+    with make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler) as server:
+        server.serve_forever()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class _IPv6Server(WSGIServer):
+    address_family = socket.AF_INET6
+
+
+def name_metrics(storage: BaseStorage) -> int:
+    """Give every hpo study without a metric name `hpo.metric.METRIC_NAME`; returns how many were named.
+
+    Studies made before `hpo run` stored the name would show "Objective 0"; other studies are left alone.
+    """
+    named = 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if is_hpo_study(study):
+            named += name_metric(study)
+    return named
 
 
 @dataclass
@@ -85,6 +121,7 @@ def prepare(url: str, host: str, port: int, artifacts: str | None = None, study:
         StudyError: `study` is not in the storage. DashboardError: no such artifact folder, or a busy address.
     """
     storage = open_storage(url, heartbeat=False, create=False)
+    name_metrics(storage)  # a viewer, but this one write is harmless: an attr the dashboard reads, set once
     study_id = storage.get_study_id_from_name(results.load(storage, study).study_name) if study else None
     if artifacts is not None and not Path(artifacts).is_dir():
         raise DashboardError(

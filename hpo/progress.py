@@ -7,6 +7,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from hpo.words import plural
 from model.config import TrainConfig
 from model.train import EpochHook, total_epochs
 
@@ -107,7 +108,7 @@ class TrialPrinter:
 
     def summary(self, best_value: Any, best_number: Any, best_params: dict, result: Any, seconds: float) -> None:
         line = (
-            f"done: {result.trials_run} trials here ({result.complete} complete, {result.pruned} pruned, "
+            f"done: {plural(result.trials_run, 'trial')} here ({result.complete} complete, {result.pruned} pruned, "
             f"{result.failed} failed; stopped by {result.stopped}) in {seconds:.1f} s"
         )
         if best_value is not None:

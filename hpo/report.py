@@ -32,15 +32,16 @@ from plotly.offline import get_plotlyjs
 
 from hpo import report_plots as rp
 from hpo.artifacts import PSNR_ATTR
-from hpo.confirm import load_confirmation
+from hpo.confirm import companion_name, load_confirmation
 from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
-from hpo.results import confirmation_lines, raw_best, status, trial_config
+from hpo.results import confirmation_lines, json_attr, raw_best, status, trial_config
 from hpo.spec import STUDIES_DIR
-from model.config import TrainConfig, from_dict
+from hpo.words import plural
+from model.config import TrainConfig, field_types, from_dict
 from model.errors import ConfigError
 
-__all__ = ["EDGE_SHARE", "build_report", "edge_warnings", "reproduce_command", "write_report"]
+__all__ = ["EDGE_SHARE", "build_report", "edge_warnings", "left_out", "reproduce_command", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,15 @@ MAX_FAILED_LISTED = 50
 def edge_warnings(study: optuna.Study) -> list[str]:
     """One line per numeric parameter whose best value lies within 5% of its range's low or high end.
 
-    The position is measured on the log scale for log distributions, as the sampler saw the range.
+    The position is measured on the log scale for log distributions, as the sampler saw the range. A line proposes
+    a wider bound only one that the config accepts (`kl_anneal_cycle` stops at 1, `tfr` at 0 and 1); a range that
+    already reaches the field's limit is said to, with the config's own rule.
     """
     best = rp.ranked(study)
     if not best:
         return []
     trial, out = best[0], []
+    config = _config_or_default(study, trial)
     for name, dist in sorted(rp.param_distributions(study).items()):
         if not isinstance(dist, (FloatDistribution, IntDistribution)) or name not in trial.params:
             continue
@@ -68,25 +72,63 @@ def edge_warnings(study: optuna.Study) -> list[str]:
         else:
             share = (value - low) / (high - low)
         scale = " (log scale)" if dist.log else ""
-        if share <= EDGE_SHARE:
-            out.append(
-                f"best {name} = {value:.4g} lies within {EDGE_SHARE:.0%} of the LOW end of its range "
-                f"[{low:.4g}, {high:.4g}]{scale}: the optimum may be below it; lower `low` in the spec if the field "
-                "allows it and rerun"
+        for side, near in (("low", share <= EDGE_SHARE), ("high", share >= 1 - EDGE_SHARE)):
+            if not near:
+                continue
+            where = "below" if side == "low" else "above"
+            head = (
+                f"best {name} = {value:.4g} lies within {EDGE_SHARE:.0%} of the {side.upper()} end of its range "
+                f"[{low:.4g}, {high:.4g}]{scale}"
             )
-        elif share >= 1 - EDGE_SHARE:
-            out.append(
-                f"best {name} = {value:.4g} lies within {EDGE_SHARE:.0%} of the HIGH end of its range "
-                f"[{low:.4g}, {high:.4g}]{scale}: the optimum may be above it; raise `high` in the spec if the "
-                "field allows it and rerun"
-            )
+            wider, rule = _wider_bound(config, name, dist, side)
+            if wider is None:
+                out.append(f"{head}, and the field goes no further ({rule}): the best lies at the field's limit")
+            else:
+                verb = "lower" if side == "low" else "raise"
+                fix = f"{verb} `{side}` in the spec (e.g. to {wider:.4g}) and rerun"
+                out.append(f"{head}: the optimum may be {where} it; {fix}")
+            break
     return out
 
 
-def reproduce_command(study: optuna.Study, storage_label: str) -> str:
-    """The `hpo run` line that reproduces this study: spec, budget, sampler, pruner, seed, storage, overrides.
+def _config_or_default(study: optuna.Study, trial: FrozenTrial) -> TrainConfig:
+    """The trial's config, or the defaults when it cannot be read (only its limits are needed)."""
+    try:
+        return trial_config(study, trial)
+    except (ConfigError, json.JSONDecodeError):
+        return TrainConfig()
 
-    The budget is the study's COMPLETE + PRUNED count (what `--n-trials` counts). Overrides the workers ran with
+
+def _wider_bound(
+    config: TrainConfig, name: str, dist: FloatDistribution | IntDistribution, side: str
+) -> tuple[float | None, str]:
+    """A bound past `dist`'s `side` that `config` accepts for `name`, farthest first (half the range, a quarter, a
+    tenth; on a log scale 10x, 3x, 1.5x); None with the config's rule when none is accepted."""
+    bound, sign = (dist.low, -1) if side == "low" else (dist.high, 1)
+    if dist.log:
+        tries = [bound * f**sign for f in (10.0, 3.0, 1.5)]
+    else:
+        tries = [bound + sign * (dist.high - dist.low) * f for f in (0.5, 0.25, 0.1)]
+    if isinstance(dist, IntDistribution):  # whole steps past the bound, at least one
+        tries = [bound + sign * max(dist.step, round(abs(t - bound) / dist.step) * dist.step) for t in tries]
+    if name not in field_types():  # not a TrainConfig field (a hand-made study): no limits known
+        return tries[0], ""
+    rule = ""
+    for value in tries:
+        try:
+            config.replace(**{name: int(value) if isinstance(dist, IntDistribution) else value})
+            return value, ""
+        except ConfigError as exc:
+            rule = rule or str(exc)
+    return None, rule
+
+
+def reproduce_command(study: optuna.Study, storage_label: str) -> str:
+    """The `hpo run` line that reproduces this study as a new one: spec, budget, sampler, pruner, the recorded study
+    seed, storage, overrides, and a study name the storage does not hold yet.
+
+    A new name, because the same name would join the finished study, whose budget is spent, and run nothing. The
+    budget is the study's COMPLETE + PRUNED count (what `--n-trials` counts). Overrides the workers ran with
     (`--data`, `--device`, `--set`) are recovered by comparing a trial's stored config with spec + params.
     """
     attrs = study.user_attrs
@@ -95,14 +137,23 @@ def reproduce_command(study: optuna.Study, storage_label: str) -> str:
     spec_path = str(attrs.get("spec_path", ""))
     spec_arg = _spec_argument(spec_path) if spec_path else study.study_name
     parts = ["hpo", "run", "--study", spec_arg, "--n-trials", str(max(n, 1))]
-    if Path(spec_arg).stem != study.study_name:
-        parts += ["--study-name", study.study_name]
+    parts += ["--study-name", _new_name(study)]
     for flag, key in (("--sampler", "sampler"), ("--pruner", "pruner"), ("--seed", "seed"), ("--profile", "profile")):
         if attrs.get(key) not in (None, ""):
             parts += [flag, str(attrs[key])]
     parts += ["--storage", storage_label]
     parts += _override_flags(study)
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _new_name(study: optuna.Study) -> str:
+    """`NAME-repro`, or `NAME-repro-2`, ...: the first the study's storage does not hold (nor its confirmation)."""
+    taken = {s.study_name for s in optuna.get_all_study_summaries(storage_of(study), include_best_trial=False)}
+    for i in range(1, len(taken) + 2):
+        name = f"{study.study_name}-repro" + (f"-{i}" if i > 1 else "")
+        if name not in taken and companion_name(name) not in taken:
+            return name
+    raise AssertionError("unreachable: more names tried than the storage holds")
 
 
 def _spec_argument(spec_path: str) -> str:
@@ -122,7 +173,7 @@ def _override_flags(study: optuna.Study) -> list[str]:
     trial = trials[0]
     try:
         ran = trial_config(study, trial)
-        fixed = json.loads(study.user_attrs.get("fixed", "{}"))
+        fixed = json_attr(study.user_attrs.get("fixed", {}))
         planned = from_dict({**fixed, **trial.params})
     except (ConfigError, json.JSONDecodeError) as exc:
         log.info("cannot recover the run's overrides: %s", exc)
@@ -157,6 +208,7 @@ vertical-align:top} th{background:#f5f5f5}
 code,pre{background:#f5f5f5;padding:.1em .3em} pre{padding:.6em;white-space:pre-wrap;word-break:break-all}
 .warn{background:#fff4e5;border-left:4px solid #ff9800;padding:.4em .8em;margin:.4em 0}
 .note{color:#666;font-style:italic} nav a{margin-right:.8em}
+.caveat{background:#eef4fb;border-left:4px solid #1f77b4;padding:.1em .8em;margin:.4em 0}
 """
 
 
@@ -216,7 +268,9 @@ def _summary(study: optuna.Study, storage_label: str) -> str:
     else:
         out += '<p class="note">No trial has finished (COMPLETE) yet: there is no best value or config so far.</p>'
     out += (
-        "<h3>Reproduce</h3><p>The same study, same seeds and budget (COMPLETE + PRUNED trials):</p>"
+        "<h3>Reproduce</h3><p>The same spec, study seed and budget (COMPLETE + PRUNED trials), run as a new study "
+        "beside this one, which is left as it is. One worker on the same kind of device repeats its trials; "
+        "several workers sample in another order.</p>"
         f"<pre>{html.escape(reproduce_command(study, storage_label))}</pre>"
     )
     return out
@@ -230,7 +284,7 @@ def _warnings(study: optuna.Study) -> str:
         reasons = Counter(str(t.user_attrs.get("fail_reason", "no reason recorded")) for t in failed)
         top = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3))
         lines.append(
-            f"{len(failed)} of {len(trials)} trials failed ({len(failed) / len(trials):.0%}): {top}. "
+            f"{len(failed)} of {plural(len(trials), 'trial')} failed ({len(failed) / len(trials):.0%}): {top}. "
             "See Trial states below; a large share means the search space reaches configs that do not train."
         )
     if not lines:
@@ -238,18 +292,84 @@ def _warnings(study: optuna.Study) -> str:
     return "".join(f'<div class="warn">{html.escape(line)}</div>' for line in lines)
 
 
+def left_out(study: optuna.Study) -> list[str]:
+    """What the importances, parallel coordinates and slices leave out: they use COMPLETE trials only.
+
+    A pruned trial's last value is from fewer epochs than a complete one's, so it would rank as a bad config what
+    was only a short run: the fANOVA and the parallel coordinates leave pruned trials out rather than mix the two.
+    Leaving them out silently hides where the pruner stopped whole regions (on a pruned study every low-lr trial
+    may be pruned), so the lines say how many are left out and, per parameter, the values only pruned trials
+    reached. The slice plots also show the pruned trials apart, at their last value (`rp.slice_figure`).
+    """
+    trials = study.get_trials(deepcopy=False)
+    complete = rp.complete_trials(study)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    others = [f"{plural(len(pruned), 'PRUNED trial')}"] if pruned else []
+    others += [f"{plural(failed, 'FAILED trial')}"] if failed else []
+    head = f"These plots use the {plural(len(complete), 'COMPLETE trial')} only"
+    if not others:
+        return [f"{head}; no trial was pruned or failed, so none is left out."]
+    lines = [f"{head} (of {plural(len(trials), 'trial')}): {' and '.join(others)} are left out."]
+    if pruned:
+        at = Counter(max(t.intermediate_values) for t in pruned if t.intermediate_values)
+        epochs = ", ".join(f"epoch {e} ({c}×)" for e, c in sorted(at.items()))
+        lines[0] += (
+            f" The pruned trials stopped after {epochs or 'no epoch'}: their values are from shorter runs and do "
+            "not compare with a complete trial's."
+        )
+    lines += _pruned_only(complete, pruned, rp.param_distributions(study))
+    return lines
+
+
+def _pruned_only(complete: list[FrozenTrial], pruned: list[FrozenTrial], dists: dict[str, Any]) -> list[str]:
+    """Per numeric parameter, the pruned trials outside every complete trial's values: what the plots hide."""
+    out = []
+    for name, dist in sorted(dists.items()):
+        if not isinstance(dist, (FloatDistribution, IntDistribution)):
+            continue
+        done = [float(t.params[name]) for t in complete if name in t.params]
+        stopped = [float(t.params[name]) for t in pruned if name in t.params]
+        if not done or not stopped:
+            continue
+        below = sum(v < min(done) for v in stopped)
+        above = sum(v > max(done) for v in stopped)
+        for count, where, edge in ((below, "below", min(done)), (above, "above", max(done))):
+            if count:
+                out.append(
+                    f"{name}: {plural(count, 'pruned trial')} {where} {edge:.4g}, where no trial completed "
+                    "(absent from these plots)"
+                )
+    return out
+
+
+def _left_out_html(study: optuna.Study) -> str:
+    if not rp.complete_trials(study):
+        return ""
+    lines = left_out(study)
+    return '<div class="caveat">' + "".join(f"<p>{html.escape(line)}</p>" for line in lines) + "</div>"
+
+
 def _slices(study: optuna.Study) -> str:
     dists = rp.param_distributions(study)
     if not dists:
         return '<p class="note">No finished trial has parameters yet.</p>'
     edges = edge_warnings(study)
-    out = []
+    out = [_left_out_html(study)]
     for i, name in enumerate(sorted(dists)):
         for line in edges:
             if line.startswith(f"best {name} = "):
                 out.append(f'<div class="warn">{html.escape(line)}</div>')
         out.append(_plot(functools.partial(rp.slice_figure, study, name), f"slice-{i}"))
     return "".join(out)
+
+
+def _importances(study: optuna.Study, seed: int) -> str:
+    return _left_out_html(study) + _plot(lambda: rp.importance_figure(study, seed), "imp")
+
+
+def _parallel(study: optuna.Study) -> str:
+    return _left_out_html(study) + _plot(lambda: rp.parallel_figure(study), "parallel")
 
 
 def _best_config(study: optuna.Study) -> tuple[FrozenTrial, TrainConfig] | None:
@@ -340,8 +460,8 @@ def build_report(study: optuna.Study, storage_label: str, now: dt.datetime | Non
         ("warnings", "Warnings", lambda: _warnings(study)),
         ("confirmation", "Confirmation over seeds", lambda: _confirmation(study)),
         ("history", "Optimization history", lambda: _plot(lambda: rp.history_figure(study), "history")),
-        ("importances", "Parameter importances", lambda: _plot(lambda: rp.importance_figure(study, seed), "imp")),
-        ("parallel", "Parallel coordinates", lambda: _plot(lambda: rp.parallel_figure(study), "parallel")),
+        ("importances", "Parameter importances", lambda: _importances(study, seed)),
+        ("parallel", "Parallel coordinates", lambda: _parallel(study)),
         ("slices", "Slice plots", lambda: _slices(study)),
         ("curves", "Learning curves", lambda: _plot(lambda: rp.learning_curves_figure(study), "curves")),
         ("schedules", "Schedules of the best config", lambda: _schedules(study)),

@@ -99,8 +99,33 @@ def parallel_figure(study: optuna.Study) -> go.Figure:
 
 
 def slice_figure(study: optuna.Study, param: str) -> go.Figure:
+    """Optuna's slice plot of the COMPLETE trials, and the PRUNED ones apart (grey crosses at their last value).
+
+    The pruned values are from fewer epochs, so they are drawn as their own trace and never enter a fit (the
+    importances and parallel coordinates leave them out): the plot shows where the pruner stopped trials, which
+    a slice of complete trials alone hides.
+    """
     _need_complete(study, 1, "A slice plot")
     fig = optuna.visualization.plot_slice(study, params=[param], target_name=PSNR)
+    pruned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if param in t.params and t.intermediate_values
+    ]
+    if pruned:
+        last = [max(t.intermediate_values) for t in pruned]
+        fig.add_trace(
+            go.Scatter(
+                x=[t.params[param] for t in pruned],
+                y=[t.intermediate_values[e] for t, e in zip(pruned, last, strict=True)],
+                mode="markers",
+                marker={"symbol": "x", "color": "#999999", "size": 7},
+                name="pruned (last value)",
+                text=[f"trial {t.number}, pruned after epoch {e}" for t, e in zip(pruned, last, strict=True)],
+                hovertemplate="%{text}<br>%{y:.3f} dB<extra></extra>",
+            )
+        )
+        fig.update_layout(showlegend=True)
     return _titled(fig, f"Slice: {param}")
 
 
@@ -163,7 +188,9 @@ def schedules_figure(config: TrainConfig, trial: FrozenTrial) -> go.Figure:
             )
     subtitle = (
         f"{config.kl_anneal_type} beta, cycle {config.kl_anneal_cycle}, ratio {config.kl_anneal_ratio:g}; "
-        f"tfr {config.tfr:g}, minus {config.tfr_d_step:g} per epoch after epoch {config.tfr_sde}"
+        # tfr(t) drops from t = tfr_sde + 1 (0-based, model.schedules), i.e. after 1-based epoch tfr_sde + 1: the
+        # plot's axis and every console line count epochs from 1.
+        f"tfr {config.tfr:g}, minus {config.tfr_d_step:g} per epoch after epoch {config.tfr_sde + 1}"
     )
     title = f"Schedules of the best config (trial {trial.number})<br><sup>{subtitle}</sup>"
     fig = _titled(fig, title, "epoch", "value")

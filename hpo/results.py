@@ -74,11 +74,19 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
         ) from None
 
 
+def json_attr(value: Any) -> Any:
+    """A structured user attr as stored: a JSON value, or (older studies) a JSON string of one."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def trial_config(study: optuna.Study, trial: FrozenTrial) -> TrainConfig:
-    """The complete TrainConfig a trial trained with (stored on the trial by the objective)."""
+    """The complete TrainConfig a trial trained with (stored on the trial by the objective).
+
+    `config` and the study's `fixed` may be JSON values or, as older studies hold them, JSON strings.
+    """
     if "config" in trial.user_attrs:
-        return from_dict(json.loads(trial.user_attrs["config"]))
-    fixed = json.loads(study.user_attrs.get("fixed", "{}"))
+        return from_dict(json_attr(trial.user_attrs["config"]))
+    fixed = json_attr(study.user_attrs.get("fixed", {}))
     return from_dict({**fixed, **trial.params})
 
 

@@ -21,6 +21,7 @@ from hpo import confirm
 from hpo.artifacts import upload_trial_artifacts
 from hpo.errors import SpecError
 from hpo.locks import study_lock
+from hpo.metric import name_metric
 from hpo.objective import ConfirmObjective, Objective
 from hpo.progress import TrialPrinter
 from hpo.pruners import make_pruner
@@ -30,6 +31,7 @@ from hpo.samplers import check_space_options, make_sampler, worker_seed
 from hpo.spec import ConfirmSettings, StudySpec, check_compatible, check_values, load_run_spec, spec_summary
 from hpo.storage import mask_url, open_storage, resolve_url
 from hpo.trial_checkpoints import TrialCheckpoints, study_checkpoints
+from hpo.words import plural
 from hpo.worker import WorkerResult, run_worker
 from model.config import MAX_SEED, TrainConfig, parse_sets
 from model.data import check_layout
@@ -199,6 +201,7 @@ def open_study(plan: RunPlan, storage: Any) -> optuna.Study:
             direction=optuna.study.StudyDirection[spec.direction.upper()],
             load_if_exists=True,
         )
+    name_metric(study)  # the dashboard's value axis says "val PSNR (dB)" (an older study gets it on its next run)
     check_compatible(study, spec)
     return study
 
@@ -225,6 +228,7 @@ def join(study: optuna.Study, spec: StudySpec, epochs: int | None = None) -> int
             # database): every step is idempotent (an attr already recorded is kept, an enqueued config is not
             # queued twice), and the marker is written last, so the next worker to join completes a partial one.
             init = {**spec_summary(spec), "sampler": spec.sampler, "pruner": spec.pruner, "seed": spec.seed}
+            init["fixed"] = dict(sorted(spec.fixed.items()))  # a JSON value, not a string: the dashboard shows it
             if epochs is not None:
                 init["epochs"] = epochs
             for k, v in init.items():
@@ -290,7 +294,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         f"study {spec.name} | data {plan.base.data or 'synthetic (built-in)'} | profile {spec.profile or 'none'} | "
         f"storage {mask_url(url)} | sampler {spec.sampler} (seed {seed}) | "
         f"pruner {_with_options(spec.pruner, spec.pruner_options)} | device {plan.device} | "
-        f"budget {opts.n_trials} trials" + (f" | reaped {reaped} stale" if reaped else "")
+        f"budget {plural(opts.n_trials, 'trial')}" + (f" | reaped {reaped} stale" if reaped else "")
     )
 
     def after_train(trial: optuna.Trial, config: TrainConfig, data: DataSet, result: TrainResult) -> None:
@@ -338,8 +342,8 @@ def run_confirmation(
     runs = TrialPrinter(companion, quiet=quiet, label="confirm run", show_best=False)
     racing = f"paired t-test, alpha {plan['alpha']}" if plan["alpha"] else "none"
     runs.say(
-        f"confirming the best {len(plan['candidates'])} configs over up to {len(plan['seeds'])} seeds "
-        f"(seeds {plan['seeds']}; racing: {racing})"
+        f"confirming the best {plural(len(plan['candidates']), 'config')} "
+        f"over up to {plural(len(plan['seeds']), 'seed')} (seeds {plan['seeds']}; racing: {racing})"
     )
     # Runs resume like search trials; none keeps its weights (a run re-trains a search trial, whose are kept).
     checkpoints = TrialCheckpoints(study_checkpoints(url, companion.study_name), keep=0)

@@ -5,7 +5,8 @@ Three kinds of URL:
 - ``sqlite:///hpo.db`` (default): one machine, one worker (SQLite serialises writers).
 - ``postgresql+psycopg://user[:password]@host[:port]/db``: many machines.
 - ``journal:///hpo.log`` (relative, like SQLite) or ``journal:////abs/hpo.log``: Optuna's journal file,
-  several processes on one machine without a server.
+  several processes on one machine without a server. A plain path (``hpo.log``), the form the ``optuna``
+  command line takes, means the same file.
 
 RDB storages run with a heartbeat so a killed worker's trial becomes FAIL and is re-queued once
 (``RetryHeartbeatStaleTrialCallback``); `hpo.reaper` finds dead workers' trials on every kind of storage.
@@ -13,6 +14,7 @@ RDB storages run with a heartbeat so a killed worker's trial becomes FAIL and is
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -38,12 +40,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///hpo.db"
 ENV_STORAGE = "HPO_STORAGE"
+ENV_OPTUNA_STORAGE = "OPTUNA_STORAGE"  # Optuna's own variable, read after ours
+ENV_STORAGES = (ENV_STORAGE, ENV_OPTUNA_STORAGE)
 ENV_HEARTBEAT_INTERVAL = "HPO_HEARTBEAT_INTERVAL"
 ENV_HEARTBEAT_GRACE = "HPO_HEARTBEAT_GRACE"
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 HEARTBEAT_GRACE = 30  # seconds without a heartbeat before a RUNNING trial counts as dead
 JOURNAL_PREFIX = "journal:///"
-_FIX = "check --storage / HPO_STORAGE"
+_FIX = "check --storage / HPO_STORAGE / OPTUNA_STORAGE"
 # pg_advisory_lock key serialising Optuna's schema creation (a constant: it is per database, not per study).
 _SCHEMA_LOCK_KEY = 0x5650_4850_4F53_4348  # "VPHPOSCH"
 _SCHEMES = "sqlite:///FILE.db, postgresql+psycopg://USER@HOST:PORT/DB or journal:///FILE.log"
@@ -54,11 +58,44 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*")
 
 
 def resolve_url(flag: str | None) -> str:
-    """The storage URL: the `--storage` flag, else env `HPO_STORAGE`, else `sqlite:///hpo.db` (cwd)."""
-    for value in (flag, os.environ.get(ENV_STORAGE)):
+    """The storage URL: the `--storage` flag, else env `HPO_STORAGE`, else env `OPTUNA_STORAGE` (what Optuna users
+    set), else `sqlite:///hpo.db` (cwd). Which one was used is logged (`-v`) and `hpo status` prints it.
+
+    A value without a scheme is Optuna's form of a journal file (its command line takes a plain path): `hpo.log`
+    is `journal:///hpo.log`, `/abs/hpo.log` is `journal:////abs/hpo.log`.
+
+    Raises:
+        StorageError: a plain path that names an SQLite file by its suffix (`hpo.db`): it needs `sqlite:///`.
+    """
+    url, source = resolve_source(flag)
+    _log_source(url, source)
+    return url
+
+
+def resolve_source(flag: str | None) -> tuple[str, str]:
+    """`resolve_url`'s URL and where it came from: `--storage`, `$HPO_STORAGE`, `$OPTUNA_STORAGE` or `default`."""
+    for value, source in ((flag, "--storage"), *((os.environ.get(env), f"${env}") for env in ENV_STORAGES)):
         if value is not None and value.strip():
-            return value.strip()
-    return DEFAULT_URL
+            return _scheme_for_path(value.strip(), source), source
+    return DEFAULT_URL, "default"
+
+
+@functools.cache
+def _log_source(url: str, source: str) -> None:
+    # Cached: commands resolve the URL more than once, and one line says it.
+    log.info("storage %s (from %s)", mask_url(url), source)
+
+
+def _scheme_for_path(value: str, source: str) -> str:
+    """A plain path is a journal file, as on Optuna's command line; a URL is left as it is."""
+    if "://" in value:
+        return value
+    if Path(value).suffix.lower() in (".db", ".sqlite", ".sqlite3"):
+        raise StorageError(
+            f"storage {value!r} (from {source}) is a path without a scheme, which is read as a journal file: "
+            f"for an SQLite database write sqlite:///{value}"
+        )
+    return JOURNAL_PREFIX + str(Path(value).expanduser())
 
 
 def mask_url(url: str) -> str:

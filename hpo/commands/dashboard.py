@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
         f"optuna-dashboard for {mask_url(url)} (artifacts in {board.folder}): {board.address}  (Ctrl-C stops it)",
         flush=True,
     )
-    serve(board.storage, args.host, args.port, board.store)
+    serve(board.storage, args.host, args.port, board.store, quiet=args.quiet)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from hpo.commands.common import add_sets
+from hpo.words import plural
 from model.config import from_dict, parse_sets
 from model.data import check_data, summary
 from model.synth import make_synthetic
@@ -42,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         video_len = sizes.pop("video_len")
         out = make_synthetic(args.out, **sizes, val_len=video_len, test_len=video_len)
         print(
-            f"wrote {out}: {args.train_frames} train frames, {args.val_videos} val videos and {args.test_videos} "
-            f"test videos of {args.video_len} frames, {args.height}x{args.width}, seed {args.seed}"
+            f"wrote {out}: {plural(args.train_frames, 'train frame')}, {plural(args.val_videos, 'val video')} and "
+            f"{plural(args.test_videos, 'test video')} of {plural(args.video_len, 'frame')}, "
+            f"{args.height}x{args.width}, seed {args.seed}"
         )
         return 0
     config = from_dict(parse_sets(args.sets))

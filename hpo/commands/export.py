@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hpo import results
-from hpo.artifacts import attach_to_study
+from hpo.artifacts import attach_to_study, export_filename
 from hpo.commands.common import add_storage, add_study, load_study
+from hpo.outputs import to_stdout
 from hpo.storage import mask_url, resolve_url
 from hpo.trial_checkpoints import export_weights, trial_weights
 
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("export", parents=[common], help="write the best config as a complete TrainConfig TOML")
     add_study(p)
     add_storage(p)
-    p.add_argument("-o", "--output", required=True, help="TOML file to write")
+    p.add_argument("-o", "--output", required=True, help="TOML file to write (- for standard output)")
     p.add_argument("--raw", action="store_true", help="the best single draw, not the confirmed winner")
     p.add_argument(
         "--weights",
@@ -33,13 +35,22 @@ def run(args: argparse.Namespace) -> int:
         if best is not None:
             trial_weights(study, url, best.number)
     ans = results.write_export(study, mask_url(url), args.output, raw=args.raw)
-    attach_to_study(url, study, args.output, "application/toml")  # the dashboard shows it with the study
     trial, value = (ans.raw, ans.raw.value) if args.raw else (ans.trial, ans.value)
-    print(
-        f"wrote {args.output}: trial {trial.number} of {study.study_name}, val PSNR {value:.4f} dB; "
-        f"train it with `hpo train {args.output}` or `hpo retrain {args.output}`"
-    )
-    print(ans.note() if not args.raw else "the raw single-draw best (--raw), not confirmed over seeds")
+    # The dashboard shows the exported config with the study: one artifact per (trial, content), so exporting
+    # the same answer again adds nothing.
+    text = results.export_toml(study, ans, mask_url(url), args.raw)
+    attach_to_study(url, study, export_filename(trial.number, text), text, "application/toml")
+    stdout = to_stdout(args.output)
+    where, name = ("standard output", "FILE") if stdout else (args.output, args.output)
+    lines = [
+        f"wrote {where}: trial {trial.number} of {study.study_name}, val PSNR {value:.4f} dB; "
+        f"train it with `hpo train {name}` or `hpo retrain {name}`",
+        ans.note() if not args.raw else "the raw single-draw best (--raw), not confirmed over seeds",
+    ]
     if args.weights:
-        print(f"wrote {export_weights(study, url, trial.number, args.weights)}: trial {trial.number}'s final weights")
+        lines.append(
+            f"wrote {export_weights(study, url, trial.number, args.weights)}: trial {trial.number}'s final weights"
+        )
+    for line in lines:  # beside the TOML on standard output they would break it: stderr then
+        print(line, file=sys.stderr if stdout else sys.stdout)
     return 0

@@ -10,6 +10,7 @@ import argparse
 from hpo.commands.common import add_command, add_sets, add_storage, add_study, load_study
 from hpo.storage import resolve_url
 from hpo.trial_checkpoints import trial_weights
+from hpo.words import plural
 from model.config import parse_sets
 from model.errors import UsageError
 from model.predict import SUBMISSION, predict
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     result = predict(_checkpoint(args), args.data, args.out, parse_sets(args.sets), args.poses)
     val = f"; val PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     print(
-        f"wrote {result.submission} ({result.n_videos} videos x {result.n_poses} frames) and "
-        f"{len(result.gifs)} GIFs{val}"
+        f"wrote {result.submission} ({plural(result.n_videos, 'video')} x {plural(result.n_poses, 'frame')}) and "
+        f"{plural(len(result.gifs), 'GIF')}{val}"
     )
     return 0
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hpo import results
 from hpo.commands.common import add_command, add_storage, add_study, load_study
+from hpo.outputs import to_stdout
 from hpo.report import write_report
 from hpo.storage import mask_url, resolve_url
+from hpo.words import plural
 
 HELP = "write a self-contained HTML report of a study (plots, best config, warnings)"
 DESCRIPTION = (
@@ -21,7 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = add_command(sub, common, "report", HELP, DESCRIPTION)
     add_study(p)
     add_storage(p)
-    p.add_argument("-o", "--output", required=True, help="HTML file to write")
+    p.add_argument("-o", "--output", required=True, help="HTML file to write (- for standard output)")
     p.set_defaults(func=run)
 
 
@@ -30,5 +33,8 @@ def run(args: argparse.Namespace) -> int:
     write_report(study, mask_url(resolve_url(args.storage)), args.output)
     st = results.status(study)
     best = f"best {st.best_value:.4f} dB (trial {st.best_number})" if st.best_value is not None else "no finished trial"
-    print(f"wrote {args.output}: study {study.study_name}, {sum(st.counts.values())} trials, {best}")
+    stdout = to_stdout(args.output)  # the page went to standard output: the summary goes beside it, to stderr
+    where = "standard output" if stdout else args.output
+    trials = plural(sum(st.counts.values()), "trial")
+    print(f"wrote {where}: study {study.study_name}, {trials}, {best}", file=sys.stderr if stdout else sys.stdout)
     return 0

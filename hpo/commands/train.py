@@ -6,6 +6,7 @@ import argparse
 
 from hpo.commands.common import add_command, add_sets
 from hpo.progress import EpochBar
+from hpo.words import plural
 from model.config import fields_table, load_config
 from model.data import load_data
 from model.metrics import copy_last_psnr
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(config.out, "out (--set out=DIR)")  # before training, not after a whole run
     if not args.quiet:
         print(
-            f"data {data.source}: {data.train.frames.shape[0]} clips, {data.val.frames.shape[0]} val videos; "
+            f"data {data.source}: {plural(data.train.frames.shape[0], 'clip')}, "
+            f"{plural(data.val.frames.shape[0], 'val video')}; "
             f"copy-last-frame baseline {copy_last_psnr(data.val.frames):.2f} dB; device {config.device}; "
             f"out {config.out}"
         )
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(
-        f"val PSNR {result.val_psnr:.2f} dB (best {result.best_val_psnr:.2f}) after {len(result.history)} epochs "
-        f"in {result.seconds:.1f} s on {result.device}; checkpoint {config.out}/last.pt"
+        f"val PSNR {result.val_psnr:.2f} dB (best {result.best_val_psnr:.2f}) "
+        f"after {plural(len(result.history), 'epoch')} in {result.seconds:.1f} s on {result.device}; "
+        f"checkpoint {config.out}/last.pt"
     )
     return 0
