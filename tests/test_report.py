@@ -123,7 +123,7 @@ def test_reproduce_command_recovers_overrides_and_masks_the_password() -> None:
     )
     line = reproduce_command(study, "postgresql+psycopg://me:***@db/hpo")
     args = _run_parser().parse_args(shlex.split(line)[1:])
-    assert args.study == "/elsewhere/my-spec.toml" and args.study_name == study.study_name
+    assert args.study == "/elsewhere/my-spec.toml" and args.study_name == f"{study.study_name}-repro"
     assert args.sampler == "gp" and args.data == "/data/lab" and args.storage == "postgresql+psycopg://me:***@db/hpo"
     assert parse_sets(args.sets) == {"batch_size": 4, "lr_milestones": [2, 5]}
 
@@ -250,3 +250,108 @@ def test_postgres_report_never_shows_the_password(pg_url: str, tmp_path: Path, c
     masked = url.replace(":s3cret@", ":***@")
     assert f"<td>{masked}</td>" in page and f"--storage {shlex.quote(masked)}" in page.replace("&#x27;", "'")
     assert 'id="fig-imp"' in page  # two complete trials: importances are drawn
+
+
+# --- issue 23: the reproduce line, what the plots leave out, bounds a config accepts, the schedule subtitle ---------
+
+
+def test_reproduce_line_runs_a_new_study_with_the_recorded_seed(smoke, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run as printed, the line makes a new study beside the finished one (never re-joins it), with its seed and
+    budget: one worker on the same CPU repeats its trials."""
+    _, url, study = smoke
+    line = reproduce_command(study, url)
+    words = shlex.split(line)
+    args = _run_parser().parse_args(words[1:])
+    assert args.study_name == "smoke-repro" and args.seed == study.user_attrs["seed"]
+    assert main([*words[1:], "-q"]) == 0
+    capsys.readouterr()
+    copy = optuna.load_study(study_name="smoke-repro", storage=open_storage(url, heartbeat=False))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    original = [t for t in study.trials if t.state in finished]
+    again = [t for t in copy.trials if t.state in finished]
+    assert [t.params for t in again] == [t.params for t in original]
+    assert [t.value for t in again] == pytest.approx([t.value for t in original], abs=1e-6)
+    assert len(optuna.load_study(study_name="smoke", storage=url).trials) == len(study.trials)  # left as it was
+    assert _run_parser().parse_args(shlex.split(reproduce_command(study, url))[1:]).study_name == "smoke-repro-2"
+
+
+def _pruned_study() -> optuna.Study:
+    """6 complete trials with lr >= 1e-3 and 4 pruned ones, all below it (after epochs 1 and 2)."""
+    lr = FloatDistribution(1e-5, 1e-1, log=True)
+    study = optuna.create_study(direction="maximize")
+    for i in range(6):
+        v = 20.0 + i
+        study.add_trial(
+            create_trial(
+                params={"lr": 1e-3 * (i + 1)},
+                distributions={"lr": lr},
+                value=v,
+                intermediate_values={1: v - 2, 2: v - 1, 3: v},
+            )
+        )
+    for i in range(4):
+        steps = {1: 10.0 + i} if i < 3 else {1: 12.0, 2: 13.0}
+        study.add_trial(
+            create_trial(
+                params={"lr": 1e-5 * (i + 1)},
+                distributions={"lr": lr},
+                state=TrialState.PRUNED,
+                intermediate_values=steps,
+            )
+        )
+    return study
+
+
+def test_plots_of_complete_trials_say_what_they_leave_out() -> None:
+    from hpo.report import left_out
+
+    study = _pruned_study()
+    lines = left_out(study)
+    assert lines[0].startswith("These plots use the 6 COMPLETE trials only (of 10 trials): 4 PRUNED trials are left")
+    assert "epoch 1 (3×), epoch 2 (1×)" in lines[0]
+    assert lines[1] == "lr: 4 pruned trials below 0.001, where no trial completed (absent from these plots)"
+    page = build_report(study, "sqlite:///x.db")
+    for section, end in (("importances", "parallel"), ("parallel", "slices"), ("slices", "curves")):
+        part = page[page.index(f'<section id="{section}">') : page.index(f'<section id="{end}">')]
+        assert '<div class="caveat">' in part and "4 PRUNED trials are left out" in part
+    assert '"name":"pruned (last value)"' in page.replace(": ", ":")  # the slice shows them apart
+
+
+def test_the_caveat_is_there_when_nothing_is_left_out_too(smoke_html: str) -> None:
+    assert '<div class="caveat">' in smoke_html and "COMPLETE trial" in smoke_html
+
+
+def test_edge_warning_never_proposes_a_bound_the_config_rejects() -> None:
+    dists = {
+        "kl_anneal_cycle": IntDistribution(1, 10),
+        "tfr": FloatDistribution(0.0, 1.0),
+        "tfr_sde": IntDistribution(2, 20),
+    }
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        create_trial(params={"kl_anneal_cycle": 9, "tfr": 0.5, "tfr_sde": 10}, distributions=dists, value=1.0)
+    )
+    study.add_trial(
+        create_trial(params={"kl_anneal_cycle": 1, "tfr": 1.0, "tfr_sde": 2}, distributions=dists, value=2.0)
+    )
+    flagged = {line.split()[1]: line for line in edge_warnings(study)}
+    assert sorted(flagged) == ["kl_anneal_cycle", "tfr", "tfr_sde"]
+    assert "field goes no further (kl_anneal_cycle must be >= 1)" in flagged["kl_anneal_cycle"]
+    assert "lower `low`" not in flagged["kl_anneal_cycle"]
+    assert "field goes no further" in flagged["tfr"] and "[0, 1]" in flagged["tfr"]
+    # tfr_sde may go lower, down to 0: the proposal is a bound the config takes.
+    proposed = float(re.search(r"e\.g\. to ([-0-9.e]+)", flagged["tfr_sde"]).group(1))  # type: ignore[union-attr]
+    assert 0 <= proposed < 2 and proposed == int(proposed)
+
+
+def test_schedule_subtitle_counts_epochs_from_one(tiny_config) -> None:
+    from hpo.report_plots import schedules_figure
+    from model.schedules import teacher_forcing_ratio
+
+    config = tiny_config(epochs=6, tfr=1.0, tfr_d_step=0.25, tfr_sde=2)
+    trial = create_trial(params={}, distributions={}, value=1.0)
+    fig = schedules_figure(config, trial)
+    assert "minus 0.25 per epoch after epoch 3" in fig.layout.title.text
+    tfr = [teacher_forcing_ratio(config, t) for t in range(6)]  # 1-based epochs 1..3 full, epoch 4 the first drop
+    assert tfr[:3] == [1.0, 1.0, 1.0] and tfr[3] == 0.75
+    assert list(fig.data[0].x[:4]) == [1, 2, 3, 4] and list(fig.data[0].y[:4]) == [1.0, 1.0, 1.0, 0.75]
