@@ -169,6 +169,7 @@ def rollout(
     generator: torch.Generator | None = None,
     chunk: int = 0,
     block: int = 64,
+    on_frame: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Predict a whole video from its first frame and poses, z from the prior N(0, I).
 
@@ -176,6 +177,7 @@ def rollout(
         first: (V, 3, H, W) float; poses: (V, L, 3, H, W) float (poses[:, 0] belongs to the first frame).
         generator: seeds the prior draws (on the model's device), so evaluation is a function of the weights.
         block: time steps whose pose features are computed in one batched call (bounds memory on long videos).
+        on_frame: called after each time step (for progress only; it sees nothing and changes nothing).
     Returns: (V, L-1, 3, H, W) predictions clamped to [0, 1]; each is fed back clamped.
     """
     v, length = poses.shape[:2]
@@ -189,4 +191,6 @@ def rollout(
             pred = model.decode(model.frame_enc(prev), feats[t], z.to(first.dtype)).float().clamp(0.0, 1.0)
             preds.append(pred)
             prev = pred.to(first.dtype)
+            if on_frame is not None:
+                on_frame()
     return torch.stack(preds, dim=1)  # (V, L-1, 3, H, W)

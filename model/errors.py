@@ -26,7 +26,7 @@ class CheckpointError(UsageError):
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite; the run cannot go on."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
+    def __init__(self, epoch: int, loss: float) -> None:  # epoch: 1-based, as the console counts
         super().__init__(f"training diverged at epoch {epoch}: loss is {loss}")
         self.epoch = epoch
         self.loss = loss

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,13 +86,18 @@ def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
 
 @torch.no_grad()
 def predict_videos(
-    model: CVAE, config: TrainConfig, first: torch.Tensor, poses: torch.Tensor, device: torch.device
+    model: CVAE,
+    config: TrainConfig,
+    first: torch.Tensor,
+    poses: torch.Tensor,
+    device: torch.device,
+    on_frame: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Every test video's frames: (K, 3, H, W) first frames and (K, P, 3, H, W) poses, uint8 ->
     (K, P, 3, H, W) uint8, the given first frame followed by P-1 predictions.
 
     Each video is rolled out alone with a generator seeded by config.seed, so its prediction does not
-    depend on which other videos are in the set.
+    depend on which other videos are in the set. `on_frame` is called after each predicted frame (progress).
     """
     model.eval()
     chunk = time_chunk(config, device)
@@ -102,7 +107,7 @@ def predict_videos(
         x0 = to_input(first[k : k + 1], device, config.channels_last)  # (1, 3, H, W)
         p = to_input(poses[k : k + 1], device, config.channels_last)  # (1, P, 3, H, W)
         with autocast(config, device):
-            preds = rollout(model, x0, p, gen, chunk)  # (1, P-1, 3, H, W) float in [0, 1]
+            preds = rollout(model, x0, p, gen, chunk, on_frame=on_frame)  # (1, P-1, 3, H, W) float in [0, 1]
         out.append(torch.cat([first[k : k + 1, None], to_uint8(preds)], dim=1))
     return torch.cat(out)
 
@@ -136,14 +141,20 @@ def _check_test_split(data: DataSet, poses: int) -> tuple[torch.Tensor, torch.Te
 
 
 def write_test_outputs(
-    model: CVAE, config: TrainConfig, data: DataSet, out: Path, device: torch.device, poses: int = 0
+    model: CVAE,
+    config: TrainConfig,
+    data: DataSet,
+    out: Path,
+    device: torch.device,
+    poses: int = 0,
+    on_frame: Callable[[], None] | None = None,
 ) -> PredictResult:
     """Roll out the test split of `data`: out/submission.csv and out/test-<id>.gif (prediction beside poses).
 
     Raises: DataError when the data has no test split or the pose count is wrong.
     """
     first, pose_imgs = _check_test_split(data, poses)
-    frames = predict_videos(model, config, first, pose_imgs, device)  # (K, P, 3, H, W) uint8
+    frames = predict_videos(model, config, first, pose_imgs, device, on_frame)  # (K, P, 3, H, W) uint8
     submission = write_submission(out / SUBMISSION, frames.flatten(0, 1))
     gifs = [
         write_gif(out / f"test-{vid}.gif", [frames[k], pose_imgs[k]], ["predicted", "pose"])
@@ -153,15 +164,24 @@ def write_test_outputs(
 
 
 def predict(
-    checkpoint: str | Path, data_dir: str | Path, out: str | Path, sets: dict[str, Any] | None = None, poses: int = 0
+    checkpoint: str | Path,
+    data_dir: str | Path | None,
+    out: str | Path,
+    sets: dict[str, Any] | None = None,
+    poses: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Load a checkpoint (its config rebuilds the model), roll out the test split of data_dir, write to out.
 
     Args:
+        data_dir: a data set in the lab layout; None: the built-in synthetic set, the one `data = ""` trains on
+            (its sizes and seed from the checkpoint's config, so a model trained on it is tried on the same set).
         sets: `--set` values: model-shape and frame-size fields are expectations the checkpoint must meet;
             the others (device, cache_dir, seed, val_vi_len, ...) override the checkpoint's config. The device
             defaults to auto (a GPU when there is one), whatever the training machine used.
         poses: expected poses per test video (0 = any; every video must have the same number).
+        progress: called with (rollout steps done, steps in all) after each predicted frame: the test videos'
+            frames one by one, then the validation rollout's steps.
     Raises:
         CheckpointError: missing, truncated, or of another shape than `sets` asks for.
         DataError: no test split, or a pose count that differs; UsageError: `out` not writable.
@@ -172,14 +192,31 @@ def predict(
     wanted = saved.replace(**sets)
     fix = "pick a checkpoint of that shape or drop the --set"
     check_fields(saved, wanted, [n for n in SHAPE_FIELDS if n in sets], f"checkpoint {str(checkpoint)!r}", fix)
-    config = wanted.replace(data=str(data_dir), out="")
+    data_setting = str(data_dir) if data_dir is not None else str(sets.get("data", ""))
+    if not data_setting and saved.data:
+        log.warning(
+            "%s was trained on %s; predicting on the built-in synthetic set (pass --data %s for that set)",
+            checkpoint,
+            saved.data,
+            saved.data,
+        )
+    config = wanted.replace(data=data_setting, out="")
     device = resolve_device(config.device)
     data = load_data(config)
-    _check_test_split(data, poses)
+    first, test_poses = _check_test_split(data, poses)
     model = model_from_checkpoint(state, expect=config).to(device)
     out_dir = ensure_writable_dir(out)  # after every input check (nothing is left behind), before the rollout
-    result = write_test_outputs(model, config, data, out_dir, device, poses)
-    val = evaluate(model, data.val, config, device).val_psnr
+    total = first.shape[0] * (test_poses.shape[1] - 1) + data.val.frames.shape[1] - 1
+    done = 0
+
+    def on_frame() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    result = write_test_outputs(model, config, data, out_dir, device, poses, on_frame)
+    val = evaluate(model, data.val, config, device, on_frame=on_frame).val_psnr
     result.val_psnr = val if math.isfinite(val) else None
     log.info("predicted %d test videos of %d frames into %s", result.n_videos, result.n_poses, out_dir)
     return result

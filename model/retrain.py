@@ -2,7 +2,8 @@
 
 One run writes into its `out` folder:
 
-- `last.pt` (every epoch), `best.pt` and `best-eNNNN.pt` for the `keep_best` best epochs by val PSNR
+- `last.pt` (every epoch), `best.pt` and `best-eNNNN.pt` for the `keep_best` best epochs by val PSNR (NNNN
+  counts epochs from 1, as the console and metrics.json do)
   (written atomically by the trainer; `last.pt` is written last, so a killed run resumes from a consistent
   state and `--resume` reproduces the uninterrupted run exactly);
 - `metrics.json`: per-epoch loss, beta, teacher forcing, val PSNR and stage, a summary per stage (main,
@@ -18,6 +19,7 @@ seeds before adopting it; a gap smaller than the spread is noise).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
@@ -35,7 +37,7 @@ from model.dataset import DataSet
 from model.errors import UsageError
 from model.media import write_gif, write_psnr_plot
 from model.predict import check_fields, ensure_writable_dir, write_test_outputs
-from model.train import EpochHook, evaluate, train
+from model.train import EpochHook, best_name, evaluate, metrics_rows, train
 
 __all__ = [
     "DEFAULT_OUT",
@@ -64,8 +66,8 @@ class RunReport:
     seed: int
     final_val_psnr: float  # after the last epoch (what a study trial reports)
     best_val_psnr: float
-    best_epoch: int
-    resumed_from: int | None  # epoch of the last.pt this run continued from (0-based), None for a fresh run
+    best_epoch: int  # counted from 1, as everything a person reads
+    resumed_from: int | None  # epochs the last.pt this run continued from had finished, None for a fresh run
     stages: dict[str, dict[str, Any]]
     files: list[Path] = field(default_factory=list)  # pictures and submission written at the end
 
@@ -73,10 +75,10 @@ class RunReport:
         """One line per run: each stage's epochs and val PSNR, and where its outputs are."""
         parts = [
             f"{name}: {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, val PSNR {s['final_val_psnr']:.2f} dB "
-            f"(best {s['best_val_psnr']:.2f} at epoch {s['best_epoch'] + 1})"
+            f"(best {s['best_val_psnr']:.2f} at epoch {s['best_epoch']})"
             for name, s in self.stages.items()
         ]
-        resumed = f" (resumed after epoch {self.resumed_from + 1})" if self.resumed_from is not None else ""
+        resumed = f" (resumed after epoch {self.resumed_from})" if self.resumed_from is not None else ""
         return f"seed {self.seed}{resumed}: " + "; ".join(parts) + f"; outputs in {self.out}"
 
 
@@ -103,18 +105,21 @@ def retrain_config(path: str | Path, sets: list[str], epochs: int | None = None,
 
 
 def stage_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per stage (in training order): epochs, first/last epoch, final and best val PSNR, final train loss."""
+    """Per stage (in training order): epochs, first/last epoch, final and best val PSNR, final train loss.
+
+    `history` is the trainer's (0-based `epoch`); the epochs here count from 1, as metrics.json's rows do.
+    """
     out: dict[str, dict[str, Any]] = {}
     for stage in dict.fromkeys(m["stage"] for m in history):
         rows = [m for m in history if m["stage"] == stage]
         best = max(rows, key=lambda m: _rank(m["val_psnr"]))
         out[stage] = {
             "epochs": len(rows),
-            "first_epoch": rows[0]["epoch"],
-            "last_epoch": rows[-1]["epoch"],
+            "first_epoch": rows[0]["epoch"] + 1,
+            "last_epoch": rows[-1]["epoch"] + 1,
             "final_val_psnr": rows[-1]["val_psnr"],
             "best_val_psnr": best["val_psnr"],
-            "best_epoch": best["epoch"],
+            "best_epoch": best["epoch"] + 1,
             "final_train_loss": rows[-1]["train_loss"],
         }
     return out
@@ -142,7 +147,23 @@ def _resume_state(config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     check_fields(config_of(state), config, names, str(last), fix)
     check_resumable(state, last)  # a part of the wrong shape fails here, not in the middle of training
     model_from_checkpoint(state)  # its weights fit its config
+    _renumber_old_best(Path(config.out))
     return state
+
+
+def _renumber_old_best(out: Path) -> None:
+    """A run written before epochs were counted from 1 in file names (its metrics.json starts at epoch 0): move
+    its best-eNNNN.pt up by one, so the resumed run keeps them instead of taking them for other epochs' files."""
+    try:
+        rows = json.loads((out / "metrics.json").read_text())["epochs"]
+        old = bool(rows) and rows[0]["epoch"] == 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return  # no readable metrics.json: nothing to tell the numbering by; the run's files stay as they are
+    if old:
+        numbered = sorted((int(p.stem[6:]), p) for p in out.glob("best-e[0-9]*.pt") if p.stem[6:].isdigit())
+        for n, path in reversed(numbered):  # highest first: no rename lands on a file not yet moved
+            path.rename(out / best_name(n))
+        log.info("%s: renamed %d best-eNNNN.pt to count epochs from 1", out, len(numbered))
 
 
 def run_one(
@@ -155,8 +176,8 @@ def run_one(
     """
     out = ensure_writable_dir(config.out)
     state = _resume_state(config, resume)
-    resumed_from = int(state["epoch"]) if state is not None else None
-    done = 0 if resumed_from is None else resumed_from + 1
+    resumed_from = int(state["epoch"]) + 1 if state is not None else None  # a checkpoint holds the 0-based index
+    done = resumed_from or 0
     hook = hook_factory(config, done) if hook_factory is not None else None
     result = train(config, data, on_epoch=hook, resume=state)
     return _finish(config, data, result.history, out, torch.device(result.device), resumed_from)
@@ -187,13 +208,13 @@ def _finish(
     stages = stage_summary(history)
     best = max(history, key=lambda m: _rank(m["val_psnr"]))
     report = RunReport(
-        out, config.seed, history[-1]["val_psnr"], best["val_psnr"], best["epoch"], resumed_from, stages, files
+        out, config.seed, history[-1]["val_psnr"], best["val_psnr"], best["epoch"] + 1, resumed_from, stages, files
     )
     save_json(
         out / "metrics.json",
         {
             "config": config.to_dict(),
-            "epochs": history,
+            "epochs": metrics_rows(history),
             "stages": stages,
             "final_val_psnr": report.final_val_psnr,
             "best_val_psnr": report.best_val_psnr,

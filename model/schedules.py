@@ -20,7 +20,10 @@ def kl_beta(config: TrainConfig, t: int) -> float:
 
     Cyclical: tau = (t mod ceil(T/M)) / (T/M); beta = tau / R if tau <= R else 1.
     Monotonic: beta = min(1, t * M / (R * T)). None: beta = 1.
-    M >= T makes every period one epoch, so Cyclical beta is 0 throughout (the report's own runs hit this).
+    M >= T makes every period one epoch, so Cyclical beta is 0 throughout. The report's code took the floor
+    floor(T/M), which makes the period one epoch, and beta 0 throughout, already for M > T/2: runs of that code
+    with cycle 75 over 100 epochs had beta 0, where the report's formula (the ceiling, used here) alternates 0 and
+    0.75 (docs/ARCHITECTURE.md, "Schedules").
     """
     big_t, m, r = config.epochs, config.kl_anneal_cycle, config.kl_anneal_ratio
     if config.kl_anneal_type == "Cyclical":

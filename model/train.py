@@ -1,6 +1,11 @@
 """The trainer: one plain epoch loop with one hook, `on_epoch(epoch, metrics)`.
 
 The hook may raise (e.g. optuna's TrialPruned) to stop training; the exception propagates unchanged.
+`on_step(step, steps)` only watches: it reports progress within an epoch and cannot change the run.
+
+Epochs: `epoch` in the hook, the metrics dicts and checkpoints is the trainer's 0-based index (what a resumed
+run continues after); everything written for people counts from 1, as the console does: the rows of
+metrics.json (`metrics_rows`) and the names of best-eNNNN.pt.
 
 See docs/ARCHITECTURE.md, "The trainer seam".
 """
@@ -33,6 +38,7 @@ from model.schedules import kl_beta, teacher_forcing_ratio
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict[str, Any]], None]
+StepHook = Callable[[int, int], None]  # (steps done in this epoch, 1-based; steps in the epoch), after each step
 
 
 @dataclass
@@ -103,17 +109,46 @@ def stages(config: TrainConfig) -> list[tuple[str, str, float, int]]:
     return out
 
 
+def epoch_batches(n_clips: int, config: TrainConfig, gen: torch.Generator) -> list[torch.Tensor]:
+    """The clip indices of each optimizer step of one epoch: a fresh shuffle of the clips (a `partial` share of
+    them), cut into batches of batch_size, the last one short when they do not divide (README.md, "One training
+    run and the data": the lab's loader neither shuffles nor keeps the short batch)."""
+    order = torch.randperm(n_clips, generator=gen)[: max(1, int(n_clips * config.partial))]
+    return list(order.split(config.batch_size))
+
+
+def steps_per_epoch(n_clips: int, config: TrainConfig) -> int:
+    """Optimizer steps in one epoch over n_clips training clips (len of epoch_batches)."""
+    return math.ceil(max(1, int(n_clips * config.partial)) / config.batch_size)
+
+
+def metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-epoch metrics as written for people (metrics.json): epochs counted from 1, as on the console."""
+    return [{**m, "epoch": int(m["epoch"]) + 1} for m in history]
+
+
+def best_name(epoch: int) -> str:
+    """File name of the kept checkpoint of 0-based epoch `epoch`: best-eNNNN.pt with NNNN counted from 1."""
+    return f"best-e{epoch + 1:04d}.pt"
+
+
 def total_epochs(config: TrainConfig) -> int:
     """Epochs of a whole run, every stage together (the pruners' resource, the progress bars' length)."""
     return sum(n for *_, n in stages(config))
 
 
 def evaluate(
-    model: CVAE, videos: Videos, config: TrainConfig, device: torch.device | None = None, keep_preds: bool = False
+    model: CVAE,
+    videos: Videos,
+    config: TrainConfig,
+    device: torch.device | None = None,
+    keep_preds: bool = False,
+    on_frame: Callable[[], None] | None = None,
 ) -> EvalResult:
     """Roll out every validation video from its first frame, z from the prior; PSNR per frame and overall.
 
     The prior draws come from a generator seeded with config.seed, so the result depends only on the weights.
+    `on_frame` is called after each time step of the rollout (progress only).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -122,7 +157,7 @@ def evaluate(
     frames = to_input(videos.frames, device, config.channels_last)  # (V, L, 3, H, W)
     poses = to_input(videos.poses, device, config.channels_last)
     with flush_denormals(device), autocast(config, device):
-        preds = rollout(model, frames[:, 0], poses, gen, time_chunk(config, device))  # (V, L-1, 3, H, W)
+        preds = rollout(model, frames[:, 0], poses, gen, time_chunk(config, device), on_frame=on_frame)  # (V, L-1, ...)
     per_frame = psnr(preds.flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(preds.shape[:2])
     model.train(was_training)
     pf = per_frame.cpu().numpy()
@@ -135,11 +170,15 @@ def train(
     on_epoch: EpochHook | None = None,
     resume: dict[str, Any] | None = None,
     last: str | Path | None = None,
+    *,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train the CVAE on `data` as `config` says, evaluating on the validation videos after every epoch.
 
     Args:
         on_epoch: called after each epoch with (epoch, metrics); may raise to stop.
+        on_step: called after each optimizer step with (step, steps in the epoch), for progress only: it sees no
+            tensors and draws no random numbers, so a run with it gives the same result as one without.
         resume: a checkpoint dict (from model.checkpoint.load_checkpoint) to continue from its next epoch.
         last: a file that holds, after each epoch and before `on_epoch`, that epoch's resumable state (what
             `config.out`'s last.pt holds, written atomically): a study trial's checkpoint, without `out`'s other
@@ -197,7 +236,7 @@ def train(
             t0 = time.perf_counter()
             with flush_denormals(device):
                 stats = _train_epoch(
-                    model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk
+                    model, data.train, config, epoch, optimizer, scaler, cpu_gen, dev_gen, device, chunk, on_step
                 )
             scheduler.step()
             ev = evaluate(model, data.val, config, device)
@@ -227,20 +266,20 @@ def train(
                     save_checkpoint(out / "best.pt", state)
                 # The keep_best best epochs by val PSNR (NaN ranks last, ties go to the earlier epoch).
                 ranked = sorted(history, key=lambda m: (-np.nan_to_num(m["val_psnr"], nan=-np.inf), m["epoch"]))
-                keep = {f"best-e{m['epoch']:04d}.pt" for m in ranked[: config.keep_best]}
-                if f"best-e{epoch:04d}.pt" in keep:
-                    save_checkpoint(out / f"best-e{epoch:04d}.pt", state)
+                keep = {best_name(m["epoch"]) for m in ranked[: config.keep_best]}
+                if best_name(epoch) in keep:
+                    save_checkpoint(out / best_name(epoch), state)
                 for old in out.glob("best-e*.pt"):
                     if old.name not in keep:
                         old.unlink(missing_ok=True)
-                save_json(out / "metrics.json", {"config": config.to_dict(), "epochs": history})
+                save_json(out / "metrics.json", {"config": config.to_dict(), "epochs": metrics_rows(history)})
                 # last.pt goes last: it is the commit point a resumed run continues from, so a kill before it
                 # repeats this epoch and rewrites the files above identically.
                 save_checkpoint(out / "last.pt", state)
             if last is not None:  # likewise the commit point of a trial's checkpoint
                 save_checkpoint(last, state)
             best = max(best, ev.val_psnr)
-            log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch, stats["train_loss"], ev.val_psnr)
+            log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch + 1, stats["train_loss"], ev.val_psnr)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         epoch0 = stage_end
@@ -260,17 +299,16 @@ def _train_epoch(
     dev_gen: torch.Generator,
     device: torch.device,
     chunk: int,
+    on_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """One pass over (a `partial` share of) the training clips; returns the epoch's mean loss terms."""
     model.train()
     ratio, beta = teacher_forcing_ratio(config, epoch), kl_beta(config, epoch)
-    n_clips = clips.frames.shape[0]
-    order = torch.randperm(n_clips, generator=cpu_gen)[: max(1, int(n_clips * config.partial))]
+    batches = epoch_batches(clips.frames.shape[0], config, cpu_gen)
     use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)  # once per epoch (docs/ARCHITECTURE.md, "Schedules")
     sums = {"train_loss": 0.0, "mse": 0.0, "kl": 0.0}
     n_batches, n_tf = 0, 0
-    for i in range(0, len(order), config.batch_size):
-        idx = order[i : i + config.batch_size]
+    for idx in batches:
         if config.tf_granularity == "batch":
             use_tf = bool(torch.rand((), generator=cpu_gen) < ratio)
         frames = to_input(clips.frames[idx], device, config.channels_last)  # (B, L, 3, H, W)
@@ -281,7 +319,7 @@ def _train_epoch(
             terms = clip_loss(model, frames, poses, beta, use_tf, eps, chunk, config.feedback_clamp)
         loss_value = float(terms.loss.detach())
         if not math.isfinite(loss_value):
-            raise DivergedError(epoch, loss_value)
+            raise DivergedError(epoch + 1, loss_value)  # 1-based, as people count
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms.loss).backward()
         if config.grad_clip > 0:
@@ -294,5 +332,7 @@ def _train_epoch(
         sums["kl"] += float(terms.kl)
         n_batches += 1
         n_tf += int(use_tf)
+        if on_step is not None:
+            on_step(n_batches, len(batches))
     means = {k: v / max(1, n_batches) for k, v in sums.items()}
     return {**means, "beta": beta, "tfr": ratio, "teacher_forcing": n_tf / max(1, n_batches)}

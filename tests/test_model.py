@@ -101,6 +101,22 @@ def test_fed_back_predictions_are_clamped_to_the_frame_range(stepwise: bool):
     assert clamped != raw
 
 
+def test_the_clamp_changes_what_later_steps_see_so_their_gradients_too():
+    """What README.md says of `feedback_clamp`: no gradient flows through the fed-back frame either way (it is
+    detached), but the clamped input changes the later steps' loss and so the gradients."""
+    frames, poses, eps = _data(4)
+    m = CVAE(16, 8, 4, 16)
+    with torch.no_grad():
+        m.generator[-1].bias.fill_(5.0)  # every prediction overshoots the [0, 1] frame range
+
+    def grads(clamp: bool) -> list[torch.Tensor]:
+        m.zero_grad()
+        clip_loss(m, frames, poses, 1.0, False, eps, clamp_feedback=clamp).loss.backward()
+        return [p.grad.clone() for p in m.frame_enc.parameters()]
+
+    assert any(not torch.equal(a, b) for a, b in zip(grads(True), grads(False), strict=True))
+
+
 def test_teacher_forcing_changes_the_loss():
     frames, poses, eps = _data(1)
     m = CVAE(16, 8, 4, 16)

@@ -58,14 +58,19 @@ def test_retrain_writes_every_output(cfg, tiny, tmp_path, capsys):
     assert [m["stage"] for m in metrics["epochs"]] == ["main", "main", "finetune", "finetune"]
     for row in metrics["epochs"]:
         assert {"train_loss", "beta", "tfr", "val_psnr"} <= row.keys()
-    assert metrics["stages"]["main"]["epochs"] == 2 and metrics["stages"]["finetune"]["first_epoch"] == 2
+    # Epochs count from 1 in every file a person reads, as on the console.
+    assert [m["epoch"] for m in metrics["epochs"]] == [1, 2, 3, 4]
+    assert metrics["stages"]["main"]["epochs"] == 2 and metrics["stages"]["finetune"]["first_epoch"] == 3
+    assert metrics["stages"]["finetune"]["last_epoch"] == 4
     assert metrics["final_val_psnr"] == metrics["epochs"][-1]["val_psnr"]
     assert metrics["best_val_psnr"] == max(m["val_psnr"] for m in metrics["epochs"])
     assert metrics["config"]["epochs"] == 2  # --epochs took effect
     # Best-K: best.pt is the best epoch, best-eNNNN.pt the three best epochs, last.pt the last.
     ranked = sorted(metrics["epochs"], key=lambda m: -m["val_psnr"])[:3]
     assert sorted(p.name for p in out.glob("best-e*.pt")) == sorted(f"best-e{m['epoch']:04d}.pt" for m in ranked)
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == metrics["best_epoch"]
+    assert f"at epoch {metrics['stages']['main']['best_epoch']})" in stdout
+    # A checkpoint's own `epoch` is the trainer's 0-based index, what a resumed run continues after.
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] + 1 == metrics["best_epoch"]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
     assert same_weights(out / "best.pt", out / f"best-e{metrics['best_epoch']:04d}.pt")
     # Pictures and the submission (the synthetic set has a one-video test split of val_vi_len poses).
@@ -78,6 +83,42 @@ def test_retrain_writes_every_output(cfg, tiny, tmp_path, capsys):
     assert len(lines) == 1 + tiny().val_vi_len
     assert (out / "test-0.gif").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_resume_renumbers_the_best_files_of_a_run_written_before_epochs_counted_from_1(tiny, tmp_path):
+    config = tiny(out=str(tmp_path / "old"), keep_best=3, epochs=4)
+    data = synthetic_data(config)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_3(_config, _done):
+        def hook(epoch, _metrics):
+            if epoch == 2:
+                raise Crash
+
+        return hook
+
+    with pytest.raises(Crash):
+        run_one(config, data, hook_factory=crash_after_3)
+    out = tmp_path / "old"
+    # Turn it into what the previous version wrote: best-eNNNN.pt and metrics.json counted from 0.
+    for path in sorted(out.glob("best-e*.pt")):
+        path.rename(out / f"best-e{int(path.stem[6:]) - 1:04d}.pt")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["epochs"] = [{**m, "epoch": m["epoch"] - 1} for m in metrics["epochs"]]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    old_names = sorted(p.name for p in out.glob("best-e*.pt"))
+    assert old_names == ["best-e0000.pt", "best-e0001.pt", "best-e0002.pt"]
+    run_one(config, data, resume=True)
+    fresh = tiny(out=str(tmp_path / "fresh"), keep_best=3, epochs=4)
+    run_one(fresh, data)
+    assert sorted(p.name for p in out.glob("best-e*.pt")) == sorted(
+        p.name for p in (tmp_path / "fresh").glob("best-e*.pt")
+    )
+    for path in (tmp_path / "fresh").glob("best-e*.pt"):
+        assert same_weights(path, out / path.name)
+    assert epochs_of(out) == epochs_of(tmp_path / "fresh")
 
 
 def test_keep_best_prunes_to_k(tiny, tmp_path):
@@ -112,7 +153,7 @@ def test_resume_after_a_crash_equals_uninterrupted(tiny, tmp_path):
     with pytest.raises(Crash):
         run_one(part, data, resume=True, hook_factory=crash_after(3))  # and again in the fine-tune stage
     report = run_one(part, data, resume=True)
-    assert report.resumed_from == 3
+    assert report.resumed_from == 4  # after epoch 4 (of 5), counted as people count
     assert epochs_of(tmp_path / "part") == epochs_of(tmp_path / "full")
     for name in ("last.pt", "best.pt"):
         assert same_weights(tmp_path / "part" / name, tmp_path / "full" / name)
@@ -141,7 +182,7 @@ def test_resume_after_sigkill_equals_uninterrupted(cfg, tmp_path):
     assert killed_at < 11, "the run finished before it was killed"
     done = subprocess.run(hpo("--out", part, "--resume"), env=env, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"resumed after epoch {killed_at + 1}" in done.stdout
+    assert f"resumed after epoch {killed_at + 1}" in done.stdout  # the checkpoint's 0-based index, + 1
     assert epochs_of(part) == epochs_of(tmp_path / "full")
     assert same_weights(part / "last.pt", tmp_path / "full" / "last.pt")
     assert same_weights(part / "best.pt", tmp_path / "full" / "best.pt")

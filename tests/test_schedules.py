@@ -53,6 +53,14 @@ def test_cyclical_more_cycles_than_epochs_is_zero():
     assert [kl_beta(c, t) for t in range(5)] == [0.0] * 5
 
 
+def test_cyclical_uses_the_reports_ceiling_not_the_authors_floor():
+    # T=100, M=75: T/M = 1.333. The author's floor gives a one-epoch period (beta 0 throughout); the report's
+    # ceiling gives a period of 2 and tau = 0, 0.75, 0, 0.75, ... So beta is 0 throughout only for M >= T.
+    c = cfg(epochs=100, kl_anneal_type="Cyclical", kl_anneal_cycle=75, kl_anneal_ratio=1.0)
+    assert [kl_beta(c, t) for t in range(4)] == pytest.approx([0.0, 0.75, 0.0, 0.75])
+    assert {kl_beta(c.replace(kl_anneal_cycle=100), t) for t in range(100)} == {0.0}
+
+
 @pytest.mark.parametrize(("t", "expected"), [(0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0)])
 def test_monotonic(t, expected):
     c = cfg(epochs=100, kl_anneal_type="Monotonic", kl_anneal_cycle=10, kl_anneal_ratio=1.0)

@@ -113,7 +113,7 @@ def test_study_without_a_complete_trial_is_one_line(
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The first enqueued trial trains with lr 1e6 (its loss turns NaN in epoch 0); the second is sane.
+    # The first enqueued trial trains with lr 1e6 (its loss turns NaN in epoch 1); the second is sane.
     text = SMOKE.read_text().replace("high = 1e-2", "high = 1e7")
     enqueue = '\n[[enqueue]]\nlr = {}\ntfr = 1.0\nkl_anneal_type = "Monotonic"\n'
     spec = tmp_path / "nan.toml"
@@ -124,7 +124,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(
     study = optuna.load_study(study_name="smoke", storage=url)
     first, second = study.trials[:2]
     assert first.state.name == "FAIL" and first.params["lr"] == 1e6
-    assert first.user_attrs["fail_reason"] == "training diverged at epoch 0: loss is nan"
+    assert first.user_attrs["fail_reason"] == "training diverged at epoch 1: loss is nan"
     assert second.state.name == "COMPLETE" and second.params["lr"] == 1e-3  # FAIL did not use the budget
     assert len(study.trials) == 2
 

@@ -12,7 +12,7 @@ from model.config import TrainConfig
 from model.errors import DivergedError
 from model.metrics import copy_last_psnr
 from model.synth import synthetic_data
-from model.train import evaluate, stage_optimizer, train
+from model.train import epoch_batches, evaluate, stage_optimizer, steps_per_epoch, train
 
 
 @pytest.fixture
@@ -68,6 +68,31 @@ def test_history_hook_and_determinism(tiny):
     assert math.isclose(a.val_psnr, float(a.psnr_per_frame.mean()), rel_tol=1e-6)
 
 
+def test_an_epoch_is_one_shuffled_pass_with_a_short_last_batch(tiny):
+    """Kept on purpose, unlike the lab's loader (shuffle=False, drop_last=True): README.md, "One training run"."""
+    config = tiny(batch_size=2)
+    gen = torch.Generator().manual_seed(0)
+    first, second = epoch_batches(7, config, gen), epoch_batches(7, config, gen)
+    assert [len(b) for b in first] == [len(b) for b in second] == [2, 2, 2, 1]
+    assert sorted(torch.cat(first).tolist()) == sorted(torch.cat(second).tolist()) == list(range(7))
+    assert torch.cat(first).tolist() != torch.cat(second).tolist()  # a fresh order every epoch
+    assert steps_per_epoch(7, config) == 4 and steps_per_epoch(7, tiny(partial=0.5)) == 2  # int(3.5) clips
+
+
+def test_step_progress_sees_every_step_and_changes_nothing(tiny):
+    config = tiny(synth_train_frames=28)  # 7 clips of 4 frames at batch 2: 3 full steps and a short one
+    data = synthetic_data(config)
+    steps = []
+    a = train(config, data, on_step=lambda step, n: steps.append((step, n)))
+    b = train(config, data)
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)] * 2
+    assert steps_per_epoch(data.train.frames.shape[0], config) == 4
+    assert [m["train_loss"] for m in a.history] == [m["train_loss"] for m in b.history]
+    assert a.val_psnr == b.val_psnr
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_hook_may_raise_to_stop(tiny):
     class Stop(Exception):
         pass
@@ -96,7 +121,7 @@ def test_clamped_feedback_keeps_a_large_lr_trial_from_diverging():
         {**params, "kl_anneal_cycle": 1, "kl_anneal_ratio": 3.6396}, {"device": "cpu", "epochs": 1}
     )
     data = synthetic_data(config)
-    with pytest.raises(DivergedError, match="epoch 0"):
+    with pytest.raises(DivergedError, match="epoch 1:"):
         train(config.replace(feedback_clamp=False), data)
     assert math.isfinite(train(config, data).val_psnr)
 
@@ -112,7 +137,8 @@ def test_checkpoint_round_trip_identical_outputs(tiny, tmp_path):
     b = evaluate(model, data.val, config, keep_preds=True)
     assert torch.equal(a.preds, b.preds)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert [m["epoch"] for m in metrics["epochs"]] == [0, 1]
+    assert [m["epoch"] for m in metrics["epochs"]] == [1, 2]  # counted from 1, as on the console
+    assert [m["epoch"] for m in result.history] == [0, 1]  # the trainer's index, as the hook and checkpoints have it
     assert (tmp_path / "run" / "best.pt").is_file()
     assert not list((tmp_path / "run").glob("*.tmp")), "no temp files left behind"
 
