@@ -180,3 +180,56 @@ def test_unknown_host_is_one_line(study_url: str, capsys) -> None:
     assert code == 2
     _one_line(err)
     assert "--host 127.0.0.1" in err
+
+
+def test_dashboard_names_the_metric(served) -> None:
+    _, port, _ = served
+    study_id = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"][0]["study_id"]
+    detail = get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0")
+    assert detail["objective_names"] == ["val PSNR (dB)"]  # the value axis, not "Objective 0"
+
+
+def test_older_hpo_studies_get_the_metric_name_and_others_do_not(tmp_path: Path) -> None:
+    from hpo.dashboard import name_metrics
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat=False)
+    old = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    old.set_user_attr("spec_path", "studies/smoke.toml")  # made by `hpo run` before metric names were stored
+    optuna.create_study(storage=storage, study_name="old.confirm", direction="maximize")
+    optuna.create_study(storage=storage, study_name="plain", direction="minimize")
+    assert name_metrics(storage) == 2 and name_metrics(storage) == 0
+    names = {n: optuna.load_study(study_name=n, storage=storage).metric_names for n in ("old", "old.confirm", "plain")}
+    assert names == {"old": ["val PSNR (dB)"], "old.confirm": ["val PSNR (dB)"], "plain": None}
+
+
+def test_quiet_dashboard_prints_no_banner_and_no_request_lines(study_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    err = tmp_path / "err.txt"
+    env = {k: v for k, v in os.environ.items() if k != ARTIFACTS_ENV}
+    with err.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "dashboard", "-q", "--storage", study_url, "--port", str(port)],
+            cwd=ROOT,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get_json(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and proc.poll() is None, "dashboard did not answer"
+                time.sleep(0.3)
+        for _ in range(3):
+            get_json(f"http://127.0.0.1:{port}/api/meta")
+    finally:
+        stop(proc)
+    rest = proc.stdout.read()
+    assert line.startswith("optuna-dashboard for ") and rest == ""  # the address, once: the result a user needs
+    assert err.read_text() == ""  # no bottle banner, no "GET /api/meta" line per request
