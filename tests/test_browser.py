@@ -173,3 +173,30 @@ def test_dashboard_shows_the_trials_and_artifacts(browser, study, tmp_path: Path
         _screenshot(browser, tmp_path / "dashboard-trials.png")
     finally:
         stop(proc)
+
+
+def test_report_says_what_the_complete_only_plots_leave_out(browser, study) -> None:
+    _, st, report = study
+    browser.get(report.as_uri())
+    complete = sum(t.state == TrialState.COMPLETE for t in st.trials)
+    for section in ("importances", "parallel", "slices"):
+        caveat = browser.find_element("css selector", f"#{section} .caveat")
+        assert caveat.is_displayed() and f"These plots use the {complete} COMPLETE trial" in caveat.text
+
+
+def test_dashboard_labels_the_value_with_the_metric_name(browser, study) -> None:
+    from selenium.webdriver.common.by import By
+    from test_dashboard import free_port, start_dashboard, stop
+
+    url, st, _ = study
+    port = free_port()
+    proc, _ = start_dashboard(url, port)
+    try:
+        study_id = st._storage.get_study_id_from_name("smoke")
+        browser.get(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}")
+        texts = "return [...document.querySelectorAll('.js-plotly-plot text')].map(t => t.textContent).join('|')"
+        _wait(browser, lambda d: "val PSNR (dB)" in d.execute_script(texts), "the metric name on a plot axis")
+        assert "Objective 0" not in browser.execute_script(texts)
+        assert "Objective 0" not in browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        stop(proc)
