@@ -1,4 +1,5 @@
-"""Progress a person can follow: a tqdm bar over epochs, one line per epoch or trial. `-q` silences it."""
+"""Progress a person can follow: a tqdm bar per run (over its steps, with an ETA, when the trainer reports them),
+one line per epoch or trial. `-q` silences it. See docs/ARCHITECTURE.md, "The trainer seam"."""
 
 from __future__ import annotations
 
@@ -21,23 +22,66 @@ def epoch_line(metrics: dict[str, Any], total: int) -> str:
     )
 
 
-class EpochBar:
-    """A bar over a run's epochs; `lines` also prints one line per epoch (`hpo train`)."""
+def _bar(total: int, desc: str, unit: str, quiet: bool, initial: int = 0) -> tqdm:
+    # smoothing=0: the rate is the run's average, evaluations between epochs included, so the ETA holds.
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        disable=quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0,
+    )
 
-    def __init__(self, total: int, desc: str, quiet: bool = False, lines: bool = False) -> None:
-        self.total, self.lines, self.quiet = total, lines, quiet
-        self.bar = tqdm(
-            total=total, desc=desc, unit="ep", leave=False, disable=quiet, file=sys.stderr, dynamic_ncols=True
-        )
+
+class EpochBar:
+    """A bar over a run: over its optimizer steps once the trainer reports them (pass `on_step` to `train`), with
+    an ETA to the run's end; over its epochs otherwise (a study's trials). `lines` also prints one line per epoch
+    (`hpo train`). `done` epochs of a resumed run are counted as done."""
+
+    def __init__(self, total: int, desc: str, quiet: bool = False, lines: bool = False, done: int = 0) -> None:
+        self.total, self.desc, self.lines, self.quiet = total, desc, lines, quiet
+        self.epochs_done, self.steps = done, 0  # steps per epoch, once the trainer has said
+        self.bar = _bar(total, desc, "ep", quiet, initial=done)
+
+    def on_step(self, step: int, steps: int) -> None:
+        """The trainer's step progress (model.train.StepHook): moves the bar within an epoch."""
+        if steps != self.steps:  # the first step: from now on the bar counts the run's steps
+            self.steps = steps
+            self.bar.close()
+            self.bar = _bar(self.total * steps, self.desc, "step", self.quiet, initial=self.epochs_done * steps)
+        self.bar.update(self.epochs_done * steps + step - self.bar.n)
 
     def __call__(self, epoch: int, metrics: dict[str, Any]) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(psnr=f"{metrics['val_psnr']:.2f}", loss=f"{metrics['train_loss']:.4f}")
+        self.epochs_done = epoch + 1
+        self.bar.update((self.epochs_done * self.steps if self.steps else self.epochs_done) - self.bar.n)
+        shown = {"epoch": f"{epoch + 1}/{self.total}"} if self.steps else {}
+        self.bar.set_postfix(shown | {"psnr": f"{metrics['val_psnr']:.2f}", "loss": f"{metrics['train_loss']:.4f}"})
         if self.lines and not self.quiet:
             self.bar.write(epoch_line(metrics, self.total), file=sys.stdout)
 
     def close(self) -> None:
         self.bar.close()
+
+
+class CountBar:
+    """A bar over a count that its first report sizes: `bar(done, total)`, e.g. `predict`'s rollout steps."""
+
+    def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
+        self.desc, self.unit, self.quiet = desc, unit, quiet
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = _bar(total, self.desc, self.unit, self.quiet)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class RunBars:
@@ -49,8 +93,8 @@ class RunBars:
 
     def __call__(self, label: str, config: TrainConfig, done: int = 0) -> EpochHook:
         self.close()
-        self.bar = EpochBar(total_epochs(config), label, quiet=self.quiet, lines=self.lines)
-        self.bar.bar.update(done)  # a resumed run starts where its last.pt left off
+        # a resumed run starts where its last.pt left off
+        self.bar = EpochBar(total_epochs(config), label, quiet=self.quiet, lines=self.lines, done=done)
         return self.bar
 
     def close(self) -> None:

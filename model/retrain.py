@@ -37,7 +37,7 @@ from model.dataset import DataSet
 from model.errors import UsageError
 from model.media import write_gif, write_psnr_plot
 from model.predict import check_fields, ensure_writable_dir, write_test_outputs
-from model.train import EpochHook, best_name, evaluate, metrics_rows, train
+from model.train import EpochHook, StepHook, best_name, evaluate, metrics_rows, train
 
 __all__ = [
     "DEFAULT_OUT",
@@ -57,7 +57,9 @@ DEFAULT_OUT = "runs/retrain"
 # checkpoint's, or the resumed run would not be the run it continues.
 RESUME_FREE_FIELDS = ("out", "data", "cache_dir", "device", "compile", "time_chunk", "keep_best")
 
-HookFactory = Callable[[TrainConfig, int], EpochHook]  # (config, epochs already done) -> per-epoch hook
+# (config, epochs already done) -> per-epoch hook. A hook that also has a method `on_step(step, steps)` (a
+# model.train.StepHook, e.g. hpo.progress.EpochBar) gets the trainer's progress within each epoch too.
+HookFactory = Callable[[TrainConfig, int], EpochHook]
 
 
 @dataclass
@@ -179,7 +181,8 @@ def run_one(
     resumed_from = int(state["epoch"]) + 1 if state is not None else None  # a checkpoint holds the 0-based index
     done = resumed_from or 0
     hook = hook_factory(config, done) if hook_factory is not None else None
-    result = train(config, data, on_epoch=hook, resume=state)
+    on_step: StepHook | None = getattr(hook, "on_step", None)
+    result = train(config, data, on_epoch=hook, resume=state, on_step=on_step)
     return _finish(config, data, result.history, out, torch.device(result.device), resumed_from)
 
 

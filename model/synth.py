@@ -29,7 +29,16 @@ from model.config import TrainConfig
 from model.dataset import DataSet, Videos
 from model.errors import DataError
 
-__all__ = ["Motion", "background", "make_synthetic", "render", "render_times", "split_times", "synthetic_data"]
+__all__ = [
+    "Motion",
+    "background",
+    "builtin_set",
+    "make_synthetic",
+    "render",
+    "render_times",
+    "split_times",
+    "synthetic_data",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +300,24 @@ def synthetic_data(config: TrainConfig) -> DataSet:
         test_ids=["0"],
         source=f"synthetic(seed={seed})",
     )
+
+
+def builtin_set(config: TrainConfig) -> dict[str, int]:
+    """make_synthetic's arguments that write the built-in set of `config` (`data = ""`) in the lab layout.
+
+    Loading the written folder with the same config gives synthetic_data(config) pixel for pixel: one synthetic
+    set, reachable the same way in memory, on disk (`hpo data synth`) and in `hpo predict`.
+    """
+    return {
+        "seed": config.synth_seed,
+        "train_frames": config.synth_train_frames,
+        "val_videos": config.synth_val_videos,
+        "val_len": config.val_vi_len,
+        "test_videos": 1,
+        "test_len": config.val_vi_len,
+        "height": config.frame_h,
+        "width": config.frame_w,
+    }
 
 
 def make_synthetic(

@@ -354,6 +354,23 @@ def test_synthetic_data_matches_the_written_set(tmp_path: Path) -> None:
         assert (a.float() - b.float()).abs().mean() < 6  # same renderer; only the resize differs
 
 
+def test_the_built_in_set_written_to_disk_loads_pixel_for_pixel(tmp_path: Path) -> None:
+    """`hpo data synth` (builtin_set's arguments) writes the very set that `data = ""` trains on."""
+    config = cfg(train_vi_len=6, synth_val_videos=2, synth_seed=4)
+    root = make_synthetic(tmp_path / "builtin", **synth.builtin_set(config))
+    loaded, memory = load_data(config.replace(data=str(root))), synthetic_data(config)
+    for a, b in (
+        (loaded.train.frames, memory.train.frames),
+        (loaded.train.poses, memory.train.poses),
+        (loaded.val.frames, memory.val.frames),
+        (loaded.val.poses, memory.val.poses),
+        (loaded.test_first, memory.test_first),
+        (loaded.test_poses, memory.test_poses),
+    ):
+        assert torch.equal(a, b)
+    assert loaded.test_ids == memory.test_ids == ["0"]
+
+
 def test_synthetic_motion_is_small_but_visible_and_appearance_fixed() -> None:
     motion = synth.Motion.from_seed(4)
     frames, poses = synth.render_times(motion, np.arange(300), 32, 64, 4)

@@ -32,10 +32,24 @@ def test_synth_writes_the_set_and_says_so(tmp_path: Path, capsys: pytest.Capture
     code, out, err = run(capsys, "data", "synth", "--out", str(tmp_path / "set"), "--seed", "5", *SMALL)
     assert code == 0 and err == ""
     assert out.strip() == (
-        f"wrote {tmp_path / 'set'}: 40 train frames, 1 val videos and 1 test videos of 20 frames, 16x32, seed 5"
+        f"wrote {tmp_path / 'set'}: 40 train frames, 1 val video and 1 test video of 20 frames, 16x32, seed 5"
     )
     assert len(list((tmp_path / "set" / "train" / "train_img").glob("*.png"))) == 40
     assert sorted(os.listdir(tmp_path)) == ["set"]  # no temp folder left
+
+
+def test_synth_writes_the_built_in_set_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpo.commands.data as data_command
+    from model.config import TrainConfig
+    from model.synth import builtin_set
+
+    asked: dict[str, int] = {}
+    monkeypatch.setattr(data_command, "make_synthetic", lambda out, **kw: asked.update(kw) or Path(out))
+    code, out, _ = run(capsys, "data", "synth", "--out", str(tmp_path / "set"))
+    assert code == 0 and asked == builtin_set(TrainConfig())  # seed 1, 640 frames, 630-frame videos, 32x64
+    assert out.strip().endswith("seed 1 (the built-in set: what training uses with data empty)")
 
 
 def test_synth_refuses_a_non_empty_dir(written: Path, capsys: pytest.CaptureFixture[str]) -> None:

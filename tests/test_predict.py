@@ -13,7 +13,8 @@ from support import assert_usage_error, cli
 from hpo.cli import main
 from model.config import to_toml
 from model.predict import write_submission
-from model.synth import make_synthetic
+from model.retrain import run_one
+from model.synth import make_synthetic, synthetic_data
 
 SET = dict(train_frames=24, val_videos=1, val_len=6, test_videos=2, test_len=5, height=8, width=16)
 D = 3 * 8 * 16
@@ -57,6 +58,19 @@ def test_predict_writes_the_submission(lab, tmp_path, capsys):
     # Retrain wrote the same submission from the same checkpoint: prediction depends on the weights only.
     assert (out / "submission.csv").read_bytes() == (run / "submission.csv").read_bytes()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_predict_without_data_uses_the_built_in_set(lab, tiny_config, tmp_path, capsys, caplog):
+    config = tiny_config(seed=2, epochs=1, out=str(tmp_path / "run"))
+    run_one(config, synthetic_data(config))  # trained on the built-in set; its submission from the same weights
+    code, stdout, err = cli(capsys, "predict", "--checkpoint", tmp_path / "run" / "best.pt", "--out", tmp_path / "p")
+    assert code == 0 and "was trained on" not in caplog.text
+    assert "1 video x 6 frames" in stdout and "val PSNR" in stdout
+    assert (tmp_path / "p" / "submission.csv").read_bytes() == (tmp_path / "run" / "submission.csv").read_bytes()
+    # A checkpoint trained on a data folder is tried on the built-in set too, and the user is told so.
+    _, run = lab
+    code, _, err = cli(capsys, "predict", "--checkpoint", run / "best.pt", "--out", tmp_path / "q")
+    assert code == 0 and "was trained on" in caplog.text and "pass --data" in caplog.text
 
 
 def test_checkpoint_loads_with_weights_only(lab):

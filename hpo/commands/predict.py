@@ -1,4 +1,6 @@
-"""`hpo predict --checkpoint CKPT --data DIR [--out DIR]`: the lab's submission.csv from a checkpoint alone.
+"""`hpo predict --checkpoint CKPT [--data DIR] [--out DIR]`: the lab's submission.csv from a checkpoint alone.
+
+Without --data, the built-in synthetic set (the one `data = ""` trains on) is predicted.
 
 `--trial N --study NAME` takes a study trial's kept final weights instead (docs/ARCHITECTURE.md, "Trial checkpoints").
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from hpo.commands.common import add_command, add_sets, add_storage, add_study, load_study
+from hpo.progress import CountBar
 from hpo.storage import resolve_url
 from hpo.trial_checkpoints import trial_weights
 from hpo.words import plural
@@ -17,7 +20,8 @@ from model.predict import SUBMISSION, predict
 
 HELP = "roll out every test video from a checkpoint and write submission.csv"
 DESCRIPTION = (
-    "Rebuild the model from a checkpoint's own config, roll out each test video of --data "
+    "Rebuild the model from a checkpoint's own config, roll out each test video of --data (default: the "
+    "built-in synthetic set) "
     f"(first frame + poses) and write {SUBMISSION} (id, then 3*H*W ints in 0..255 per frame) and a GIF "
     "per video into --out; also prints the val PSNR of the same weights."
 )
@@ -29,7 +33,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--trial", type=int, help="instead of --checkpoint: a trial of --study that kept its final weights")
     add_study(p, required=False, help="the study of --trial")
     add_storage(p)
-    p.add_argument("--data", required=True, help="data set in the lab layout with a test split (test/test_img/K, ...)")
+    p.add_argument(
+        "--data",
+        help="data set in the lab layout with a test split (test/test_img/K, ...); default: the built-in synthetic "
+        "set of the checkpoint's config, the one training uses with data empty",
+    )
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--poses", type=int, default=0, help="expected poses per test video, e.g. 630 (default: any)")
     add_sets(p, help="run settings over the checkpoint's config (device, cache_dir, seed); shape fields must match it")
@@ -37,7 +45,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    result = predict(_checkpoint(args), args.data, args.out, parse_sets(args.sets), args.poses)
+    bar = CountBar("predict", "frame", quiet=args.quiet)
+    try:
+        result = predict(_checkpoint(args), args.data, args.out, parse_sets(args.sets), args.poses, progress=bar)
+    finally:
+        bar.close()
     val = f"; val PSNR {result.val_psnr:.2f} dB" if result.val_psnr is not None else ""
     print(
         f"wrote {result.submission} ({plural(result.n_videos, 'video')} x {plural(result.n_poses, 'frame')}) and "

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         )
     bar = EpochBar(total_epochs(config), "train", quiet=args.quiet, lines=True)
     try:
-        result = train(config, data, on_epoch=bar)
+        result = train(config, data, on_epoch=bar, on_step=None if args.quiet else bar.on_step)
     finally:
         bar.close()
     print(
