@@ -104,8 +104,9 @@ def test_fed_back_predictions_are_clamped_to_the_frame_range(stepwise: bool):
 def test_the_clamp_changes_what_later_steps_see_so_their_gradients_too():
     """What README.md says of `feedback_clamp`: no gradient flows through the fed-back frame either way (it is
     detached), but the clamped input changes the later steps' loss and so the gradients."""
-    frames, poses, eps = _data(4)
-    m = CVAE(16, 8, 4, 16)
+    with torch.random.fork_rng():  # leaves the global stream as it was: later tests' models start the same
+        frames, poses, eps = _data(4)
+        m = CVAE(16, 8, 4, 16)
     with torch.no_grad():
         m.generator[-1].bias.fill_(5.0)  # every prediction overshoots the [0, 1] frame range
 
