@@ -335,15 +335,18 @@ def run_confirmation(
 ) -> tuple[WorkerResult, confirm.Confirmation]:
     """Confirm the study's best candidates over seeds, sharing the runs with every other worker (`hpo.confirm`).
 
-    Returns when the race is decided (or on `timeout`); `overrides` are this worker's run settings.
+    Returns when the race is decided and the winner estimated (or on `timeout`); `overrides` are this worker's run
+    settings.
     """
     companion = confirm.start(study, open_storage(url), settings, space)
+    name_metric(companion)  # the dashboard labels the runs' values as it does the search's
     plan = companion.user_attrs[confirm.PLAN_ATTR]
     runs = TrialPrinter(companion, quiet=quiet, label="confirm run", show_best=False)
     racing = f"paired t-test, alpha {plan['alpha']}" if plan["alpha"] else "none"
     runs.say(
         f"confirming the best {plural(len(plan['candidates']), 'config')} "
         f"over up to {plural(len(plan['seeds']), 'seed')} (seeds {plan['seeds']}; racing: {racing})"
+        + (f", then the winner on seeds {plan['estimate_seeds']} for its value" if plan.get("estimate_seeds") else "")
     )
     # Runs resume like search trials; none keeps its weights (a run re-trains a search trial, whose are kept).
     checkpoints = TrialCheckpoints(study_checkpoints(url, companion.study_name), keep=0)
