@@ -180,3 +180,28 @@ def test_confirmation_refuses_a_changed_space(confirmed: str) -> None:
 
     with pytest.raises(SpecError, match="space .* changed"):
         confirm.start(search, storage, ConfirmSettings(enabled=True, top_k=2, seeds=2), '{"lr": "other"}')
+
+
+def _fixed_runs(values: dict[tuple[int, int], float | None]) -> confirm._Runs:
+    plan_seeds = [1, 2, 3]
+    race_values = {c: [values[(c, s)] for s in plan_seeds if (c, s) in values] for c in range(3)}
+    return confirm._Runs(race_values, set(), dict(values))
+
+
+def test_the_winner_alone_runs_the_estimate_seeds_and_confirmation_waits_for_them() -> None:
+    plan = {"candidates": [{}] * 3, "seeds": [1, 2, 3], "estimate_seeds": [4, 5], "alpha": 0.1, "min_seeds": 2}
+    race = {(0, 1): 28.0, (0, 2): 29.0, (0, 3): 28.5, (1, 1): 28.2, (1, 2): 29.4, (1, 3): 28.8}
+    race |= {(2, 1): 20.0, (2, 2): 21.0}  # far behind after two seeds: dropped
+    state = confirm._replay(plan, _fixed_runs(race))
+    # 2 is far behind after two seeds; 0 trails 1 on every seed by 0.2-0.4 dB, which the paired test sees at three
+    assert state.decided and state.winner == 1 and state.dropped == {2: 1, 0: 2} and not state.finished
+    state = confirm._replay(plan, _fixed_runs(race | {(1, 4): 27.0}))
+    assert not state.finished
+    state = confirm._replay(plan, _fixed_runs(race | {(1, 4): 27.0, (1, 5): 27.5, (0, 4): 40.0}))
+    assert state.finished and state.winner == 1  # a stray run of a loser changes nothing
+
+
+def test_a_plan_without_estimate_seeds_finishes_with_the_race() -> None:
+    plan = {"candidates": [{}] * 2, "seeds": [1, 2], "alpha": 0.1, "min_seeds": 2}  # planned before estimates
+    state = confirm._replay(plan, _fixed_runs({(0, 1): 28.0, (0, 2): 29.0, (1, 1): 27.0, (1, 2): 29.5}))
+    assert state.decided and state.finished and state.winner == 0
