@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from hpo.budget import budget_counts, used_finished
 from hpo.words import plural
 from model.config import TrainConfig
 from model.train import EpochHook, total_epochs
@@ -110,10 +111,16 @@ def _fmt(value: Any) -> str:
 
 
 class TrialPrinter:
-    """Per-trial bar over epochs, one line per finished trial, a summary at the end (`hpo run`)."""
+    """Per-trial bar over epochs, one line per finished trial, a summary at the end (`hpo run`).
 
-    def __init__(self, study: Any, quiet: bool = False, label: str = "trial", show_best: bool = True) -> None:
-        self.study, self.quiet, self.label, self.show_best = study, quiet, label, show_best
+    With a `budget`, each trial's line starts with the study's progress, `[done/budget]`: trials finished for good
+    by every worker (COMPLETE and PRUNED, as the budget counts them), not only by this one.
+    """
+
+    def __init__(
+        self, study: Any, quiet: bool = False, label: str = "trial", show_best: bool = True, budget: int | None = None
+    ) -> None:
+        self.study, self.quiet, self.label, self.show_best, self.budget = study, quiet, label, show_best, budget
         self.bar: EpochBar | None = None
 
     def say(self, line: str) -> None:
@@ -145,8 +152,11 @@ class TrialPrinter:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
         reason = frozen.user_attrs.get("fail_reason", "")
         psnr = f"{value:.2f} dB" if value is not None else "-"
+        done = ""
+        if self.budget and not self.quiet:
+            done = f"[{used_finished(budget_counts(study)):>{len(str(self.budget))}}/{self.budget}] "
         self.say(
-            f"{self.label} {frozen.number:>3} {state:<8} psnr {psnr:<9} {best}  "
+            f"{done}{self.label} {frozen.number:>3} {state:<8} psnr {psnr:<9} {best}  "
             f"{(f'{secs:.1f} s' if secs is not None else ''):>8}  {params}" + (f"  [{reason}]" if reason else "")
         )
 

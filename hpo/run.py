@@ -289,7 +289,7 @@ def run_study(opts: RunOptions) -> RunSummary:
     if seed != spec.seed:  # a later worker: the sampler gets its own seed (Optuna lets a study's sampler change)
         study.sampler = make_sampler(spec.sampler, seed, spec.sampler_options)
     reaped = reap_stale(study)
-    printer = TrialPrinter(study, quiet=opts.quiet)
+    printer = TrialPrinter(study, quiet=opts.quiet, budget=opts.n_trials)
     printer.say(
         f"study {spec.name} | data {plan.base.data or 'synthetic (built-in)'} | profile {spec.profile or 'none'} | "
         f"storage {mask_url(url)} | sampler {spec.sampler} (seed {seed}) | "

@@ -75,3 +75,18 @@ def test_retrain_and_predict_show_progress_and_q_keeps_them_quiet(cfg, tmp_path,
     assert code == 0 and "/10 " in err and "frame" in err
     code, out, err = cli(capsys, "predict", "--checkpoint", tmp_path / "run" / "best.pt", "--out", tmp_path / "q", "-q")
     assert code == 0 and err == "" and out.startswith("wrote")
+
+
+def test_a_trial_line_starts_with_the_studys_progress_of_its_budget(capsys, tmp_path):
+    import optuna
+
+    from hpo.progress import TrialPrinter
+
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'p.db'}")
+    printer = TrialPrinter(study, budget=12)
+    for value in (1.0, 2.0):  # another worker's trial finished first: the count is the study's
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    printer.trial_finished(study, study.trials[-1])
+    assert capsys.readouterr().out.startswith("[ 2/12] trial   1 COMPLETE")
+    TrialPrinter(study).trial_finished(study, study.trials[-1])  # no budget (confirmation runs): no count
+    assert capsys.readouterr().out.startswith("trial   1 COMPLETE")
