@@ -26,7 +26,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from support import assert_usage_error, cli
 
-from hpo.objective import Objective
+from hpo.confirm import run_distributions
+from hpo.objective import ConfirmObjective, Objective
 from hpo.spec import load_spec
 from hpo.storage import open_storage
 from hpo.trial_checkpoints import LINEAGE_ATTR, RESUMED_ATTR, TrialCheckpoints, kept_weights, study_checkpoints
@@ -151,6 +152,44 @@ def test_unusable_checkpoint_restarts_from_epoch_1_with_a_warning(
     assert retried.user_attrs[RESUMED_ATTR] == 0 and retried.value == uninterrupted.value
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "training from epoch 1" in record.getMessage()
+
+
+def test_confirmation_run_resumes_like_a_search_trial(tmp_path: Path, tiny_config: Any) -> None:
+    config = tiny_config(epochs=EPOCHS).to_dict()
+    candidates = [{"trial": 0, "config": config}]
+
+    def objective(stop_after: int | None = None, epochs: list[int] | None = None) -> ConfirmObjective:
+        plain = _objective(tmp_path, stop_after, epochs)
+        return ConfirmObjective(candidates, {}, plain.epoch_hook_factory, checkpoints=plain.checkpoints)
+
+    def run(study: optuna.Study, obj: ConfirmObjective) -> optuna.trial.FrozenTrial:
+        trial = study.ask(run_distributions(1))
+        try:
+            return study.tell(trial, obj(trial))
+        except Stop:
+            return _die(study, trial)
+
+    whole = optuna.create_study(direction="maximize")
+    whole.enqueue_trial({"candidate": 0, "seed": 1})
+    expected = run(whole, ConfirmObjective(candidates, {}))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"candidate": 0, "seed": 1})
+    assert run(study, objective(stop_after=3)).state == TrialState.FAIL
+    epochs: list[int] = []
+    retried = run(study, objective(epochs=epochs))
+    assert retried.params == {"candidate": 0, "seed": 1} and epochs == [3]
+    assert retried.user_attrs[RESUMED_ATTR] == 3 and retried.value == expected.value
+
+
+def test_confirmation_keeps_no_weights(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+    url = f"sqlite:///{tmp_path}/hpo.db"
+    argv = ["run", "--study", _spec(tmp_path, 1), "--n-trials", "2", "--storage", url, "--threads", "1", "-q"]
+    code, _, err = cli(capsys, *argv, "--confirm-top", "1", "--confirm-seeds", "1")
+    assert code == 0, err
+    confirm = study_checkpoints(url, f"{STUDY}.confirm")
+    assert confirm.is_dir() and not list(confirm.rglob("*.pt"))  # its runs checkpointed, then removed every file
+    assert len(kept_weights(study_checkpoints(url, STUDY))) == 1
 
 
 # --- kept weights, predict --trial, export --weights, through `hpo run` ---------------------------------------------
