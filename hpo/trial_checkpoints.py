@@ -93,7 +93,7 @@ class TrialCheckpoints:
         """Record the trial's lineage; returns its checkpoint file and, for a retry, the state to resume from.
 
         A retry whose predecessors left no usable checkpoint (missing, unreadable, another config) restarts
-        from epoch 0 with a logged warning. A retry records `resumed_from_epoch` (0 when it restarted).
+        from epoch 1 with a logged warning. A retry records `resumed_from_epoch` (0 when it restarted).
         """
         attrs = trial.user_attrs
         lineage = attrs.get(LINEAGE_ATTR)  # Optuna's retry copies it from the trial it retries
@@ -138,29 +138,30 @@ class TrialCheckpoints:
             return
         path = self.running(lineage)
         try:
-            best = self._best(study) if self.keep > 0 and trial.state == TrialState.COMPLETE else set()
+            if trial.state != TrialState.COMPLETE or self.keep <= 0:
+                path.unlink(missing_ok=True)
+                return
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            best = _best(complete, study.direction, self.keep)
             if trial.number in best and path.exists():
                 self.weights(trial.number).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, self.weights(trial.number))
             else:
                 path.unlink(missing_ok=True)
-            if trial.state == TrialState.COMPLETE:
-                self._drop_worse(study, best)
+            # Only the files of trials this read saw COMPLETE: one told since may be among the best.
+            seen = {t.number for t in complete}
+            for number, kept in kept_weights(self.folder).items():
+                if number in seen and number not in best:
+                    kept.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("trial %d: its checkpoint %s was not kept or removed (%s)", trial.number, path, exc)
 
-    def _best(self, study: optuna.Study) -> set[int]:
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        ranked = sorted(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))
-        return {t.number for t in ranked[: self.keep]}
 
-    def _drop_worse(self, study: optuna.Study, best: set[int]) -> None:
-        # Only the files of trials this read saw finished: a trial told since then may be among the best.
-        finished = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-        for number, path in kept_weights(self.folder).items():
-            if number in finished and number not in best:
-                path.unlink(missing_ok=True)
+def _best(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, keep: int) -> set[int]:
+    """The numbers of the `keep` best trials by value (a tie goes to the earlier trial)."""
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    scored = sorted((sign * t.value, t.number) for t in trials if t.value is not None)
+    return {number for _, number in scored[:keep]}
 
 
 def kept_weights(folder: Path) -> dict[int, Path]:
