@@ -9,9 +9,9 @@ from typing import Any
 from tqdm import tqdm
 
 from hpo.budget import budget_counts, used_finished
-from hpo.words import plural
 from model.config import TrainConfig
 from model.train import EpochHook, total_epochs
+from model.words import plural
 
 
 def epoch_line(metrics: dict[str, Any], total: int) -> str:

@@ -37,9 +37,9 @@ from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
 from hpo.results import confirmation_lines, json_attr, raw_best, status, trial_config
 from hpo.spec import STUDIES_DIR
-from hpo.words import plural
 from model.config import TrainConfig, field_types, from_dict
 from model.errors import ConfigError
+from model.words import plural
 
 __all__ = ["EDGE_SHARE", "build_report", "edge_warnings", "left_out", "reproduce_command", "write_report"]
 

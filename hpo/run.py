@@ -31,13 +31,13 @@ from hpo.samplers import check_space_options, make_sampler, worker_seed
 from hpo.spec import ConfirmSettings, StudySpec, check_compatible, check_values, load_run_spec, spec_summary
 from hpo.storage import mask_url, open_storage, resolve_url
 from hpo.trial_checkpoints import TrialCheckpoints, study_checkpoints
-from hpo.words import plural
 from hpo.worker import WorkerResult, run_worker
 from model.config import MAX_SEED, TrainConfig, parse_sets
 from model.data import check_layout
 from model.dataset import DataSet
 from model.device import check_device_settings, resolve_device, share_cores, threads_setting
 from model.train import TrainResult, total_epochs
+from model.words import plural
 
 log = logging.getLogger(__name__)
 

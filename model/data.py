@@ -26,6 +26,7 @@ from model.datacache import ImageFile, find_bad_files, image_files, load_cached
 from model.dataset import DataSet, Videos
 from model.errors import DataError
 from model.synth import synthetic_data
+from model.words import plural
 
 __all__ = ["DataCache", "Layout", "check_data", "check_layout", "frame_key", "load_data", "scan", "summary"]
 
@@ -274,8 +275,9 @@ def summary(root: str | Path, config: TrainConfig | None = None) -> str:
     layout, _ = scan(root, config)
     n_train, n_val = len(layout.train), len(layout.val)
     return (
-        f"{n_train} train frames ({n_train // config.train_vi_len} clips), "
-        f"{n_val} val frames ({n_val // config.val_vi_len} videos), {len(layout.test_ids)} test videos"
+        f"{plural(n_train, 'train frame')} ({plural(n_train // config.train_vi_len, 'clip')}), "
+        f"{plural(n_val, 'val frame')} ({plural(n_val // config.val_vi_len, 'video')}), "
+        f"{plural(len(layout.test_ids), 'test video')}"
     )
 
 

@@ -25,7 +25,7 @@ from hpo.metric import METRIC_NAME, metric_name
 from hpo.pruners import PRUNERS
 from hpo.results import trial_config
 from hpo.storage import open_storage, resolve_source, resolve_url
-from hpo.words import plural
+from model.words import plural
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -77,7 +77,7 @@ def test_lab_layout_numeric_order_and_pairs(lab: Path) -> None:
     assert data.val.frames.shape == (1, 20, 3, 16, 32)
     assert data.test_first is None and data.test_poses is None and data.test_ids == []
     assert data.source == str(lab.resolve())
-    assert summary(lab, cfg(lab)) == "12 train frames (3 clips), 20 val frames (1 videos), 0 test videos"
+    assert summary(lab, cfg(lab)) == "12 train frames (3 clips), 20 val frames (1 video), 0 test videos"
 
 
 def test_trailing_frames_dropped_and_resized(lab: Path) -> None:

@@ -70,7 +70,7 @@ def test_synth_rejects_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_check_ok(written: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "data", "check", str(written), *SETS)
     assert code == 0 and err == ""
-    assert out.strip() == "OK: 40 train frames (10 clips), 20 val frames (1 videos), 1 test videos"
+    assert out.strip() == "OK: 40 train frames (10 clips), 20 val frames (1 video), 1 test video"
 
 
 def test_check_uses_the_config_defaults_without_set(written: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from hpo.commands.common import add_sets
-from hpo.words import plural
 from model.config import TrainConfig, from_dict, parse_sets
 from model.data import check_data, summary
 from model.synth import builtin_set, make_synthetic
+from model.words import plural
 
 # `hpo data synth` options: (flag, make_synthetic's keyword, help). The defaults write the built-in set, the one
 # training uses with `data = ""` (TrainConfig's synth_* fields, val_vi_len and frame size): one synthetic set.

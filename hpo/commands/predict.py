@@ -13,10 +13,10 @@ from hpo.commands.common import add_command, add_sets, add_storage, add_study, l
 from hpo.progress import CountBar
 from hpo.storage import resolve_url
 from hpo.trial_checkpoints import trial_weights
-from hpo.words import plural
 from model.config import parse_sets
 from model.errors import UsageError
 from model.predict import SUBMISSION, predict
+from model.words import plural
 
 HELP = "roll out every test video from a checkpoint and write submission.csv"
 DESCRIPTION = (

@@ -10,7 +10,7 @@ from hpo.commands.common import add_command, add_storage, add_study, load_study
 from hpo.outputs import to_stdout
 from hpo.report import write_report
 from hpo.storage import mask_url, resolve_url
-from hpo.words import plural
+from model.words import plural
 
 HELP = "write a self-contained HTML report of a study (plots, best config, warnings)"
 DESCRIPTION = (

@@ -10,8 +10,8 @@ from hpo.commands.common import add_command, add_format, add_sets, add_storage, 
 from hpo.confirm import Confirmation
 from hpo.storage import resolve_url
 from hpo.top import format_table, top
-from hpo.words import plural
 from model.config import parse_sets
+from model.words import plural
 
 HELP = "confirm the best K configs over S training seeds and rank them by the mean"
 DESCRIPTION = (

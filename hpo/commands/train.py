@@ -6,12 +6,12 @@ import argparse
 
 from hpo.commands.common import add_command, add_sets
 from hpo.progress import EpochBar
-from hpo.words import plural
 from model.config import fields_table, load_config
 from model.data import load_data
 from model.metrics import copy_last_psnr
 from model.predict import ensure_writable_dir
 from model.train import total_epochs, train
+from model.words import plural
 
 HELP = "one training run of a config (TOML + --set overrides)"
 DESCRIPTION = (

@@ -1,4 +1,4 @@
-"""Counts as a person reads them: `1 video`, `2 videos` (never `1 videos`)."""
+"""Counts as a person reads them (model/ and hpo/ both print counts): `1 video`, `2 videos` (never `1 videos`)."""
 
 from __future__ import annotations
 
