@@ -163,7 +163,7 @@ def test_confirmation_run_resumes_like_a_search_trial(tmp_path: Path, tiny_confi
         return ConfirmObjective(candidates, {}, plain.epoch_hook_factory, checkpoints=plain.checkpoints)
 
     def run(study: optuna.Study, obj: ConfirmObjective) -> optuna.trial.FrozenTrial:
-        trial = study.ask(run_distributions(1))
+        trial = study.ask(dict(run_distributions(1)))
         try:
             return study.tell(trial, obj(trial))
         except Stop:
@@ -344,15 +344,22 @@ def _wait_epochs(url: str, proc: subprocess.Popen[bytes], at_least: int, tmp: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    ("kind", "signum"),
+    [
+        pytest.param("journal", signal.SIGKILL, id="journal-kill"),  # the reaper's re-queue (retry_of)
+        pytest.param("postgres", signal.SIGKILL, marks=pytest.mark.postgres, id="postgres-kill"),  # Optuna's retry
+        pytest.param("journal", signal.SIGTERM, id="journal-term"),  # the worker's own re-queue
+    ],
+)
 def test_killed_worker_trial_resumes_in_another_worker(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest, fast_heartbeat: dict[str, str]
+    kind: str, signum: int, tmp_path: Path, request: pytest.FixtureRequest, fast_heartbeat: dict[str, str]
 ) -> None:
     url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else f"journal:///{tmp_path / 'hpo.log'}"
     victim = _hpo_run(tmp_path, "w0", url)
     _wait_epochs(url, victim, 3, tmp_path)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait(10) == -signal.SIGKILL
+    victim.send_signal(signum)
+    assert victim.wait(30) == (-signal.SIGKILL if signum == signal.SIGKILL else 143)
     survivor = _hpo_run(tmp_path, "w1", url)
     assert survivor.wait(300) == 0, (tmp_path / "w1.err").read_text()[-3000:]
 
