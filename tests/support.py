@@ -106,7 +106,9 @@ def cli(capsys, *argv: object) -> tuple[int, str, str]:
 def assert_usage_error(code: int, err: str, *needles: str) -> None:
     """Exit 2 with one `error: ...` line on stderr, no traceback, holding every needle."""
     assert code == 2, f"exit {code}, not 2; stderr {err!r}"  # messages: pytest does not rewrite asserts here
-    lines = err.strip().splitlines()
+    # What a terminal shows: a progress bar that closed (tqdm, leave=False) rewrote its own line with "\r".
+    shown = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+    lines = [line for line in shown if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err, err
     for needle in needles:
