@@ -228,7 +228,6 @@ def join(study: optuna.Study, spec: StudySpec, epochs: int | None = None) -> int
             # database): every step is idempotent (an attr already recorded is kept, an enqueued config is not
             # queued twice), and the marker is written last, so the next worker to join completes a partial one.
             init = {**spec_summary(spec), "sampler": spec.sampler, "pruner": spec.pruner, "seed": spec.seed}
-            init["fixed"] = dict(sorted(spec.fixed.items()))  # a JSON value, not a string: the dashboard shows it
             if epochs is not None:
                 init["epochs"] = epochs
             for k, v in init.items():

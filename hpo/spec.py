@@ -311,13 +311,18 @@ def _warn_cycle(spec: StudySpec) -> None:
         )
 
 
+def space_text(stored: Any) -> str:
+    """A study's recorded space as `StudySpec.space_json` writes it (older studies stored that string itself)."""
+    return stored if isinstance(stored, str) else json.dumps(stored, sort_keys=True)
+
+
 def spec_summary(spec: StudySpec) -> dict[str, Any]:
     """What is stored on the study (user attrs) so any worker, `status` and `report` see the same truth."""
     return {
         "spec_path": str(spec.path),
         "profile": spec.profile,
-        "space": spec.space_json(),
-        "fixed": json.dumps(spec.fixed, sort_keys=True),
+        "space": json.loads(spec.space_json()),  # JSON values, not strings: the dashboard shows them readably
+        "fixed": dict(sorted(spec.fixed.items())),
         "direction": spec.direction,
     }
 
@@ -331,7 +336,7 @@ def check_compatible(study: optuna.Study, spec: StudySpec) -> None:
             f"study {study.study_name!r} exists with direction {direction}, the spec says "
             f"{spec.direction}: name a new study with --study-name {study.study_name}-2"
         )
-    if "space" in attrs and attrs["space"] != spec.space_json():
+    if "space" in attrs and space_text(attrs["space"]) != spec.space_json():
         raise SpecError(
             f"study {study.study_name!r} exists with a different search space (profile "
             f"{attrs.get('profile') or 'none'!r}): name a new study with --study-name {study.study_name}-2"

@@ -18,7 +18,7 @@ from hpo import confirm
 from hpo.errors import SpecError
 from hpo.run import run_confirmation
 from hpo.space import RUN_SETTINGS
-from hpo.spec import ConfirmSettings
+from hpo.spec import ConfirmSettings, space_text
 
 __all__ = ["format_table", "top"]
 
@@ -44,7 +44,7 @@ def top(
             f"--set {', '.join(searched)}: `hpo top` confirms the configs the study trained; only run settings "
             f"({', '.join(sorted(RUN_SETTINGS))}) may change"
         )
-    space = str(study.user_attrs.get("space", ""))
+    space = space_text(study.user_attrs.get("space", ""))
     _, outcome = run_confirmation(study, url, settings, space, overrides, quiet=quiet)
     return outcome
 

@@ -144,3 +144,24 @@ def test_run_bad_input_is_one_line_exit_2_nothing_created(tmp_path, capsys, args
     assert len(err) == 1 and err[0].startswith("error: ")
     assert pytest.importorskip("re").search(match, err[0]), err[0]
     assert not db.exists(), "a bad invocation must not create the storage"
+
+
+def test_the_study_records_its_space_as_a_json_value_and_still_accepts_the_old_string_form():
+    import json
+
+    import optuna
+
+    from hpo.spec import check_compatible, spec_summary
+
+    spec = load_spec("smoke")
+    summary = spec_summary(spec)
+    assert isinstance(summary["space"], dict) and isinstance(summary["fixed"], dict)  # readable in the dashboard
+    for stored in (summary["space"], spec.space_json()):  # a study of this version, and one of an older version
+        study = optuna.create_study(direction="maximize")
+        study.set_user_attr("space", stored)
+        check_compatible(study, spec)
+    changed = json.loads(spec.space_json())
+    changed["lr"]["attributes"]["high"] = 1.0
+    study.set_user_attr("space", changed)
+    with pytest.raises(SpecError, match="different search space"):
+        check_compatible(study, spec)
