@@ -22,12 +22,14 @@ from typing import Any
 from urllib.parse import quote
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.artifacts import artifacts_dir
 from hpo.errors import StudyError
 from model.checkpoint import atomic_write_bytes, check_resumable, config_of, load_checkpoint, model_from_checkpoint
 from model.config import TrainConfig
+from model.device import resolve_device
 from model.errors import CheckpointError
 from model.predict import check_fields
 from model.retrain import RESUME_FREE_FIELDS
@@ -122,6 +124,7 @@ class TrialCheckpoints:
             names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS]
             check_fields(config_of(state), config, names, str(path), "it is another trial's")
             model_from_checkpoint(state)
+            _check_device_stream(state, config, path)
         except CheckpointError as exc:
             log.warning("trial %d cannot resume (%s): training from epoch 1", number, exc)
             return None
@@ -155,6 +158,16 @@ class TrialCheckpoints:
                     kept.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("trial %d: its checkpoint %s was not kept or removed (%s)", trial.number, path, exc)
+
+
+def _check_device_stream(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A checkpoint from another kind of device (a GPU worker's, read on a CPU) holds a random stream this one
+    cannot continue: a CheckpointError, so the retry restarts rather than fails in `train`."""
+    device = resolve_device(config.device)
+    try:
+        torch.Generator(device=device).set_state(state["rng"]["device"])
+    except (RuntimeError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {str(path)!r} was written on another kind of device than {device}") from None
 
 
 def _best(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, keep: int) -> set[int]:

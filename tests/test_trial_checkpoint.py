@@ -130,7 +130,7 @@ def test_retry_of_a_retry_finds_the_first_checkpoint(uninterrupted: optuna.trial
     assert third.user_attrs[RESUMED_ATTR] == 3 and third.value == uninterrupted.value
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "other config"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "other config", "other device"])
 def test_unusable_checkpoint_restarts_from_epoch_1_with_a_warning(
     damage: str, uninterrupted: optuna.trial.FrozenTrial, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -143,7 +143,10 @@ def test_unusable_checkpoint_restarts_from_epoch_1_with_a_warning(
         path.write_bytes(path.read_bytes()[:100])
     else:
         state = torch.load(path, weights_only=True)
-        state["config"]["lr"] = 0.5
+        if damage == "other config":
+            state["config"]["lr"] = 0.5
+        else:  # a CUDA generator's state (16 bytes), as a GPU worker writes it
+            state["rng"]["device"] = torch.zeros(16, dtype=torch.uint8)
         torch.save(state, path)
     epochs: list[int] = []
     with caplog.at_level(logging.WARNING, logger="hpo.trial_checkpoints"):
