@@ -83,23 +83,28 @@ class Objective:
 
         last, resume = self.checkpoints.start(trial, config) if self.checkpoints is not None else (None, None)
         if resume is not None:
-            # The epochs a predecessor trained: their values again, so pruners and plots see the whole curve.
-            for metrics in resume["metrics"]:
-                for k in CURVES:
-                    curves[k].append(round(float(metrics[k]), 6))
-                trial.report(float(metrics["val_psnr"]), int(metrics["epoch"]) + 1)
-            for k in CURVES:
-                trial.set_user_attr(k, curves[k])
-            done = int(resume["epoch"]) + 1
-            # The predecessor may have died between its checkpoint and this check: make it now.
-            if done < total and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {done} (resumed) with val PSNR {curves['val_psnr'][-1]}")
+            _replay(trial, resume["metrics"], curves, total)
         result = train(config, data, on_epoch=on_epoch, resume=resume, last=last)
         trial.set_user_attr("device", result.device)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         if self.after_train is not None:
             self.after_train(trial, config, data, result)
         return float(result.val_psnr)
+
+
+def _replay(trial: optuna.Trial, history: list[dict[str, Any]], curves: dict[str, list[float]], total: int) -> None:
+    """A resumed trial's skipped epochs, from its checkpoint: their values reported again and their curves
+    filled, so pruners, plots and reports see one whole curve (docs/ARCHITECTURE.md, "Trial checkpoints")."""
+    for metrics in history:
+        for k in CURVES:
+            curves[k].append(round(float(metrics[k]), 6))
+        trial.report(float(metrics["val_psnr"]), int(metrics["epoch"]) + 1)
+    for k in CURVES:
+        trial.set_user_attr(k, curves[k])
+    # The dead worker may have died between its checkpoint and this check: make it now.
+    done = len(history)
+    if done < total and trial.should_prune():
+        raise optuna.TrialPruned(f"pruned after epoch {done} (resumed) with val PSNR {curves['val_psnr'][-1]:.2f} dB")
 
 
 class ConfirmObjective(Objective):

@@ -130,6 +130,26 @@ def test_retry_of_a_retry_finds_the_first_checkpoint(uninterrupted: optuna.trial
     assert third.user_attrs[RESUMED_ATTR] == 3 and third.value == uninterrupted.value
 
 
+class _PruneFromStep2(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return (trial.last_step or 0) >= 2
+
+
+def test_resumed_trial_is_checked_for_pruning_at_its_last_skipped_epoch(tmp_path: Path) -> None:
+    # The worker died after epoch 2's checkpoint, before epoch 2 was reported (the hook runs first): the retry
+    # reports epochs 1 and 2 and makes the prune check that was missed.
+    study = optuna.create_study(direction="maximize", pruner=_PruneFromStep2())
+    study.enqueue_trial(PARAMS)
+    first = _run(study, _objective(tmp_path, stop_after=2))
+    assert list(first.intermediate_values) == [1]
+    epochs: list[int] = []
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="pruned after epoch 2 \\(resumed\\)"):
+        _objective(tmp_path, epochs=epochs)(trial)
+    retried = study.tell(trial, state=TrialState.PRUNED)
+    assert epochs == [] and list(retried.intermediate_values) == [1, 2]
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "other config", "other device"])
 def test_unusable_checkpoint_restarts_from_epoch_1_with_a_warning(
     damage: str, uninterrupted: optuna.trial.FrozenTrial, tmp_path: Path, caplog: pytest.LogCaptureFixture
