@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.checkpoint import save_checkpoint, save_json
+from model.checkpoint import WriteError, save_checkpoint, save_json
 from model.clip import clip_loss, rollout
 from model.config import TrainConfig
 from model.dataset import DataSet, Videos
@@ -182,7 +182,8 @@ def train(
         resume: a checkpoint dict (from model.checkpoint.load_checkpoint) to continue from its next epoch.
         last: a file that holds, after each epoch and before `on_epoch`, that epoch's resumable state (what
             `config.out`'s last.pt holds, written atomically): a study trial's checkpoint, without `out`'s other
-            files (docs/ARCHITECTURE.md, "Trial checkpoints").
+            files (docs/ARCHITECTURE.md, "Trial checkpoints"). Best effort: one that cannot be written is a
+            logged warning, and training goes on without it.
     Returns: TrainResult with the final model and per-epoch history.
     Raises: DivergedError when the loss becomes NaN/inf (naming the epoch).
     """
@@ -277,7 +278,11 @@ def train(
                 # repeats this epoch and rewrites the files above identically.
                 save_checkpoint(out / "last.pt", state)
             if last is not None:  # likewise the commit point of a trial's checkpoint
-                save_checkpoint(last, state)
+                try:
+                    save_checkpoint(last, state)
+                except WriteError as exc:  # the trial goes on without it: a retry would restart, nothing worse
+                    log.warning("no checkpoint for this run's retry: %s", exc)
+                    last = None
             best = max(best, ev.val_psnr)
             log.info("epoch %d: loss %.4f val PSNR %.2f dB", epoch + 1, stats["train_loss"], ev.val_psnr)
             if on_epoch is not None:

@@ -130,6 +130,17 @@ def test_retry_of_a_retry_finds_the_first_checkpoint(uninterrupted: optuna.trial
     assert third.user_attrs[RESUMED_ATTR] == 3 and third.value == uninterrupted.value
 
 
+def test_unwritable_checkpoint_folder_is_a_warning(
+    uninterrupted: optuna.trial.FrozenTrial, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "running").write_text("a file where the folder goes")  # root writes anywhere: chmod would not do
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        trial = _run(_study(), _objective(tmp_path))
+    assert trial.state == TrialState.COMPLETE and trial.value == uninterrupted.value
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]  # once, not every epoch
+    assert "no checkpoint for this run's retry" in record.getMessage() and "cannot write" in record.getMessage()
+
+
 class _PruneFromStep2(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         return (trial.last_step or 0) >= 2
