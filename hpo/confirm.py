@@ -165,12 +165,16 @@ class _Runs:
     values: dict[int, list[float | None]]  # candidate -> finished race values in seed order (None: failed)
     pending: set[tuple[int, int]]  # (candidate, seed) WAITING or RUNNING
     done: dict[tuple[int, int], float | None]  # (candidate, seed) -> value of every finished run
+    # (candidate, seed) -> the last run of it that failed on no fault of its own (a dead or interrupted worker):
+    # a re-queue names it in `retry_of`, so the new run resumes from its checkpoint (hpo.trial_checkpoints)
+    lost: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 def _runs(confirm: optuna.Study, plan: Mapping[str, Any]) -> _Runs:
     seeds = list(plan["seeds"])
     done: dict[tuple[int, int], float | None] = {}
     pending: set[tuple[int, int]] = set()
+    lost: dict[tuple[int, int], int] = {}
     for t in confirm.get_trials(deepcopy=False):
         params = t.params or t.system_attrs.get("fixed_params", {})  # a WAITING run has its params queued only
         if "candidate" not in params or "seed" not in params:
@@ -184,6 +188,8 @@ def _runs(confirm: optuna.Study, plan: Mapping[str, Any]) -> _Runs:
             reason = str(t.user_attrs.get("fail_reason", ""))
             if reason and not reason.startswith(_TRANSIENT):
                 done[key] = None
+            else:
+                lost[key] = max(lost.get(key, -1), t.number)
     values: dict[int, list[float | None]] = {}
     for c in range(len(plan["candidates"])):
         values[c] = []
@@ -191,7 +197,7 @@ def _runs(confirm: optuna.Study, plan: Mapping[str, Any]) -> _Runs:
             if (c, s) not in done:
                 break
             values[c].append(done[(c, s)])
-    return _Runs(values, pending, done)
+    return _Runs(values, pending, done, lost)
 
 
 @dataclass
@@ -247,8 +253,10 @@ def advance(confirm: optuna.Study) -> bool:
         for c, seed in wanted:
             if (c, seed) in runs.done or (c, seed) in runs.pending:
                 continue
+            retry = {"retry_of": runs.lost[(c, seed)]} if (c, seed) in runs.lost else {}
             confirm.enqueue_trial(
-                {"candidate": c, "seed": seed}, user_attrs={"candidate_trial": plan["candidates"][c]["trial"], **attrs}
+                {"candidate": c, "seed": seed},
+                user_attrs={"candidate_trial": plan["candidates"][c]["trial"], **attrs, **retry},
             )
     return False
 

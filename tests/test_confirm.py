@@ -205,3 +205,21 @@ def test_a_plan_without_estimate_seeds_finishes_with_the_race() -> None:
     plan = {"candidates": [{}] * 2, "seeds": [1, 2], "alpha": 0.1, "min_seeds": 2}  # planned before estimates
     state = confirm._replay(plan, _fixed_runs({(0, 1): 28.0, (0, 2): 29.0, (1, 1): 27.0, (1, 2): 29.5}))
     assert state.decided and state.finished and state.winner == 0
+
+
+def test_a_run_lost_with_its_worker_is_queued_again_as_its_retry(tmp_path: Path) -> None:
+    """No retry pending (SQLite has no heartbeat retry): `advance` queues it again, naming the lost run, so the
+    new run resumes from the lost one's checkpoint."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="s.confirm", direction="maximize")
+    plan = {"candidates": [{"trial": 3}], "seeds": [1, 2], "alpha": 0.1, "min_seeds": 2, "space": ""}
+    study.set_user_attr(confirm.PLAN_ATTR, plan)
+    dists = confirm.run_distributions(1)
+    lost = optuna.trial.create_trial(
+        params={"candidate": 0, "seed": 1}, distributions=dists, state=TrialState.FAIL,
+        user_attrs={"fail_reason": "worker gone (heartbeat stopped)"},
+    )  # fmt: skip
+    study.add_trial(lost)
+    assert confirm.advance(study) is False
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == {"candidate": 0, "seed": 1}
+    assert queued.user_attrs["retry_of"] == 0 and queued.user_attrs["phase"] == "race"
