@@ -36,7 +36,7 @@ from hpo.budget import claim_trial
 from hpo.errors import SpecError, StudyError
 from hpo.locks import study_lock
 from hpo.racing import Interval, interval, leader, pooled_half, pooled_sd, race, resolvable_difference
-from hpo.spec import ConfirmSettings
+from hpo.spec import ConfirmSettings, json_attr
 from hpo.worker import TrialSource
 
 __all__ = [
@@ -101,7 +101,7 @@ def _plan(search: optuna.Study, settings: ConfirmSettings, space: str) -> dict[s
             f"study {search.study_name!r} has no complete trial to confirm: run the search first "
             f"(`hpo run --study {search.study_name}`)"
         )
-    configs = [json.loads(t.user_attrs["config"]) if "config" in t.user_attrs else None for t in best]
+    configs = [json_attr(t.user_attrs["config"]) if "config" in t.user_attrs else None for t in best]
     base = int(configs[0]["seed"]) if configs[0] is not None and "seed" in configs[0] else 0
     return {
         "search": search.study_name,
@@ -244,7 +244,7 @@ def advance(confirm: optuna.Study) -> bool:
         state = _replay(plan, runs)
         if state.finished:
             return True
-        if state.decided:  # the winner's estimate runs, all queued at once: several workers share them
+        if state.winner is not None:  # decided: the winner's estimate runs, all queued at once for every worker
             wanted = [(state.winner, s) for s in plan["estimate_seeds"]]
             attrs = {"round": len(plan["seeds"]) + 1, "phase": "estimate"}
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +63,9 @@ class Objective:
         curves: dict[str, list[float]] = {k: [] for k in CURVES}
         if WORKER_ATTR not in trial.user_attrs:  # the worker's claim records it; other callers (study.optimize) do not
             trial.set_user_attr(WORKER_ATTR, this_worker())
-        # The complete config makes `hpo export` exact, whatever --set/--data the worker ran with.
-        trial.set_user_attr("config", json.dumps(config.to_dict(), sort_keys=True))
+        # The complete config makes `hpo export` exact, whatever --set/--data the worker ran with. A JSON value,
+        # not a string, so the dashboard shows it readably (older studies hold a string: `spec.json_attr`).
+        trial.set_user_attr("config", dict(sorted(config.to_dict().items())))
 
         def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
             for k in CURVES:
@@ -84,7 +84,8 @@ class Objective:
         last, resume = self.checkpoints.start(trial, config) if self.checkpoints is not None else (None, None)
         if resume is not None:
             _replay(trial, resume["metrics"], curves, total)
-        result = train(config, data, on_epoch=on_epoch, resume=resume, last=last)
+        on_step = getattr(progress, "on_step", None)  # the bar moves within an epoch (no effect on the run)
+        result = train(config, data, on_epoch=on_epoch, resume=resume, last=last, on_step=on_step)
         trial.set_user_attr("device", result.device)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         if self.after_train is not None:

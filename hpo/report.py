@@ -35,8 +35,8 @@ from hpo.artifacts import PSNR_ATTR
 from hpo.confirm import companion_name, load_confirmation
 from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
-from hpo.results import confirmation_lines, json_attr, raw_best, status, trial_config
-from hpo.spec import STUDIES_DIR
+from hpo.results import confirmation_lines, raw_best, status, trial_config
+from hpo.spec import STUDIES_DIR, json_attr
 from model.config import TrainConfig, field_types, from_dict
 from model.errors import ConfigError
 from model.words import plural

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from hpo.errors import StudyError
 from hpo.optuna_private import storage_of
 from hpo.outputs import write_output
 from hpo.reaper import worker_of
+from hpo.spec import json_attr
 from model.config import TrainConfig, from_dict, to_toml
 
 
@@ -72,11 +72,6 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
             f"study {study.study_name!r} has no complete trial yet: run more trials "
             f"(`hpo run --study {study.study_name}`) or wait for a running one"
         ) from None
-
-
-def json_attr(value: Any) -> Any:
-    """A structured user attr as stored: a JSON value, or (older studies) a JSON string of one."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def trial_config(study: optuna.Study, trial: FrozenTrial) -> TrainConfig:

@@ -311,6 +311,11 @@ def _warn_cycle(spec: StudySpec) -> None:
         )
 
 
+def json_attr(value: Any) -> Any:
+    """A structured user attr as stored: a JSON value, or (older studies) a JSON string of one."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def space_text(stored: Any) -> str:
     """A study's recorded space as `StudySpec.space_json` writes it (older studies stored that string itself)."""
     return stored if isinstance(stored, str) else json.dumps(stored, sort_keys=True)

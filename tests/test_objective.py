@@ -40,3 +40,13 @@ def test_a_rung_at_the_last_epoch_does_not_prune_a_finished_training(
     assert len(trial.user_attrs["val_psnr"]) == len(steps)
     if state == TrialState.COMPLETE:
         assert trial.value == pytest.approx(trial.intermediate_values[2])
+
+
+def test_a_trial_records_its_config_as_a_json_value_and_the_study_its_space(smoke_study) -> None:
+    """Structured attrs are JSON values, which the dashboard shows as such (strings would show as one line)."""
+    from hpo.results import trial_config
+
+    study = smoke_study.load()
+    trial = study.best_trial
+    assert isinstance(trial.user_attrs["config"], dict) and isinstance(study.user_attrs["space"], dict)
+    assert trial_config(study, trial).to_dict() == trial.user_attrs["config"]
