@@ -48,6 +48,11 @@ class EpochBar:
         self.epochs_done, self.steps = done, 0  # steps per epoch, once the trainer has said
         self.bar = _bar(total, desc, "ep", quiet, initial=done)
 
+    def resumed(self, done: int) -> None:
+        """The run resumes after `done` epochs (a retried trial): the bar starts there."""
+        self.epochs_done = done
+        self.bar.update(done - self.bar.n)
+
     def on_step(self, step: int, steps: int) -> None:
         """The trainer's step progress (model.train.StepHook): moves the bar within an epoch."""
         if steps != self.steps:  # the first step: from now on the bar counts the run's steps

@@ -313,6 +313,7 @@ def run_study(opts: RunOptions) -> RunSummary:
         on_trial_end=_ending(checkpoints, printer.trial_finished),
         distributions=spec.space,
     )
+    checkpoints.sweep(study)
     summary = _summary(study, result, time.perf_counter() - started)
     printer.summary(summary.best_value, summary.best_number, summary.best_params, result, summary.seconds)
     if spec.confirm.enabled and result.stopped == "budget":
@@ -360,6 +361,7 @@ def run_confirmation(
         on_trial_end=_ending(checkpoints, runs.trial_finished),
         source=confirm.source(companion),
     )
+    checkpoints.sweep(companion)
     outcome = confirm.summarize(companion)
     for line in confirmation_lines(outcome, raw_best(study)):
         runs.say(line)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 LINEAGE_ATTR = "lineage"  # user attr: the first trial of this trial's retry chain (its checkpoint's name)
 RESUMED_ATTR = "resumed_from_epoch"  # user attr of a retry: epochs its predecessors had finished (0: restarted)
 _WEIGHTS = re.compile(r"^trial-(\d+)\.pt$")
+_RUNNING = re.compile(r"^lineage-(\d+)\.pt$")
 
 
 def study_checkpoints(url: str, study_name: str) -> Path:
@@ -158,6 +159,26 @@ class TrialCheckpoints:
                     kept.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("trial %d: its checkpoint %s was not kept or removed (%s)", trial.number, path, exc)
+
+    def sweep(self, study: optuna.Study) -> int:
+        """Remove the running checkpoints no trial will resume: a lineage with no RUNNING or WAITING trial (its
+        retries ran out, e.g. Optuna's `max_retry`, or it was never retried). Called when a worker stops; the
+        number removed. Should a retry be queued just after this read, it restarts from epoch 1 with a warning,
+        which is the worst this can do."""
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        alive = {lineage_of(t, trials) for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+        removed = 0
+        for path in (self.folder / "running").glob("lineage-*.pt"):
+            m = _RUNNING.match(path.name)
+            if m and int(m.group(1)) not in alive:
+                try:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                except OSError as exc:
+                    log.warning("orphaned trial checkpoint %s was not removed (%s)", path, exc)
+        if removed:
+            log.info("removed %d trial checkpoint(s) no retry will resume", removed)
+        return removed
 
 
 def _check_device_stream(state: dict[str, Any], config: TrainConfig, path: Path) -> None:

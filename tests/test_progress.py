@@ -90,3 +90,12 @@ def test_a_trial_line_starts_with_the_studys_progress_of_its_budget(capsys, tmp_
     assert capsys.readouterr().out.startswith("[ 2/12] trial   1 COMPLETE")
     TrialPrinter(study).trial_finished(study, study.trials[-1])  # no budget (confirmation runs): no count
     assert capsys.readouterr().out.startswith("trial   1 COMPLETE")
+
+
+def test_a_resumed_trials_bar_starts_at_its_resumed_epoch():
+    bar = EpochBar(8, "trial 3")
+    bar.resumed(5)
+    assert (bar.bar.n, bar.bar.total) == (5, 8)
+    bar.on_step(1, 4)  # the trainer's first step after the resume: the bar counts steps from epoch 5
+    assert (bar.bar.n, bar.bar.total) == (21, 32)
+    bar.close()

@@ -409,3 +409,22 @@ def test_killed_worker_trial_resumes_in_another_worker(
     assert retry.value == whole.val_psnr
     assert [retry.intermediate_values[e + 1] for e in range(KILL_EPOCHS)] == [m["val_psnr"] for m in whole.history]
     assert not list((tmp_path / "artifacts" / "trial-checkpoints" / "smoke" / "running").iterdir())
+
+
+def test_a_worker_stopping_removes_the_checkpoints_no_retry_will_resume(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    store = TrialCheckpoints(tmp_path / "ck", keep=1)
+    (tmp_path / "ck" / "running").mkdir(parents=True)
+    dead = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={LINEAGE_ATTR: 0})  # retries ran out
+    retried = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={LINEAGE_ATTR: 1})
+    for t in (dead, retried):
+        study.add_trial(t)
+        store.running(t.user_attrs[LINEAGE_ATTR]).write_bytes(b"x")
+    study.enqueue_trial({}, user_attrs={"retry_of": 1})  # trial 2 will resume lineage 1
+    running = study.ask()  # trial 2 itself, claimed; then a fresh trial 3 that has written its first epoch
+    assert running.number == 2
+    fresh = study.ask()
+    fresh.set_user_attr(LINEAGE_ATTR, fresh.number)
+    store.running(fresh.number).write_bytes(b"x")
+    assert store.sweep(study) == 1
+    assert sorted(p.name for p in (tmp_path / "ck" / "running").iterdir()) == ["lineage-1.pt", "lineage-3.pt"]
