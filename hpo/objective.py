@@ -84,8 +84,9 @@ class Objective:
         last, resume = self.checkpoints.start(trial, config) if self.checkpoints is not None else (None, None)
         if resume is not None:
             _replay(trial, resume["metrics"], curves, total)
-            if hasattr(progress, "resumed"):  # the bar starts at the resumed epoch
-                progress.resumed(len(resume["metrics"]))
+            resumed = getattr(progress, "resumed", None)  # the bar starts at the resumed epoch
+            if resumed is not None:
+                resumed(len(resume["metrics"]))
         on_step = getattr(progress, "on_step", None)  # the bar moves within an epoch (no effect on the run)
         result = train(config, data, on_epoch=on_epoch, resume=resume, last=last, on_step=on_step)
         trial.set_user_attr("device", result.device)
