@@ -43,7 +43,7 @@ from hpo.results import answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-HEADING = "## Confirmation (issue 21)"
+HEADING = "## Confirmation with the estimate round (issue 21)"
 LOG = Path(__file__).resolve().parent / "confirm_seeds.jsonl"
 HELD_OUT_OFFSET = 50  # held-out training seeds: B + 50 .. (B: the study's training seed)
 
