@@ -305,6 +305,24 @@ class Confirmation:
     decided: bool = False  # the race is over (the winner may still be running its estimate seeds)
 
     @property
+    def diverged(self) -> list[int]:
+        """The estimate seeds on which the winner's run failed on its own (diverged): retraining it can fail."""
+        w = self.winner
+        if w is None:
+            return []
+        return [s for s, v in zip(w.estimate_seeds, w.estimate_values, strict=True) if not _finite_value(v)]
+
+    @property
+    def value_seeds(self) -> list[int]:
+        """The seeds the reported value is the mean of: the winner's estimate seeds it trained on without
+        diverging; its race seeds when no estimate round was planned, or when it diverged on every one."""
+        w = self.winner
+        if w is None:
+            return []
+        kept = [s for s in w.estimate_seeds if s not in self.diverged]
+        return kept if kept else list(w.seeds)
+
+    @property
     def race_mean(self) -> float | None:
         """The winner's mean over the seeds the race picked it on (biased upwards when it beat others)."""
         return self.winner.interval.mean if self.winner is not None and self.winner.interval is not None else None
@@ -361,11 +379,23 @@ def summarize(confirm: optuna.Study) -> Confirmation:
     )
 
 
-def _estimate(winner: CandidateResult, noise: tuple[float, int] | None) -> Interval:
+def _finite_value(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _estimate(winner: CandidateResult, noise: tuple[float, int] | None) -> Interval | None:
     """The winner's mean over its estimate seeds; the interval's spread is the pooled seed noise (its own two or
-    three values would give a t interval with one or two degrees of freedom, several times wider)."""
-    own = interval(winner.estimate_values)
-    if noise is None or not math.isfinite(own.mean):
+    three values would give a t interval with one or two degrees of freedom, several times wider).
+
+    A diverged estimate run is left out of the mean (and named in the answer's note, `Confirmation.diverged`):
+    -inf would say nothing about the runs that trained, and is no JSON number. Diverged on every estimate seed,
+    the value falls back to the race mean, which the note says leans high.
+    """
+    finite = [v for v in winner.estimate_values if _finite_value(v)]
+    if not finite:
+        return winner.interval
+    own = interval(finite)
+    if noise is None:
         return own
     return Interval(own.mean, pooled_half(noise[0], noise[1], own.n), own.n)
 

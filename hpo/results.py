@@ -130,10 +130,17 @@ def _how_estimated(c: confirm.Confirmation) -> str:
     """Which seeds the confirmed value is the mean of, and whether it was picked on them."""
     w = c.winner
     assert w is not None and c.estimate is not None
-    if c.estimate_planned:
+    diverged = c.diverged
+    if c.estimate_planned and len(diverged) == len(w.estimate_seeds):
         return (
-            f"confirmed: the mean over seeds {w.estimate_seeds}, held back from the race "
-            f"(the race's mean over seeds {w.seeds}, which picked it, was {c.race_mean:.2f} dB)"
+            f"confirmed over the race's seeds {w.seeds}, which picked it (so the mean leans high): it diverged on "
+            f"every estimate seed {diverged}, so retraining it can fail"
+        )
+    if c.estimate_planned:
+        failed = f"; it diverged on seed {', '.join(map(str, diverged))}, so retraining it can fail" if diverged else ""
+        return (
+            f"confirmed: the mean over seeds {c.value_seeds}, held back from the race "
+            f"(the race's mean over seeds {w.seeds}, which picked it, was {c.race_mean:.2f} dB){failed}"
         )
     if len(c.candidates) > 1:
         return f"confirmed over seeds {w.seeds}, the seeds that also picked it (so the mean leans high)"
@@ -210,9 +217,7 @@ def export_toml(study: optuna.Study, ans: Answer, storage_label: str, raw: bool 
 def _value_seeds(ans: Answer) -> list[int]:
     """The seeds `ans.value` is the mean of (the estimate seeds when an estimate round ran)."""
     c = ans.confirmation
-    if ans.confirmed and c is not None and c.winner is not None and c.estimate_planned:
-        return list(c.winner.estimate_seeds)
-    return list(ans.seeds)
+    return c.value_seeds if ans.confirmed and c is not None else list(ans.seeds)
 
 
 def write_export(study: optuna.Study, storage_label: str, path: str, raw: bool = False) -> Answer:

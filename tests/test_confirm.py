@@ -223,3 +223,41 @@ def test_a_run_lost_with_its_worker_is_queued_again_as_its_retry(tmp_path: Path)
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.system_attrs["fixed_params"] == {"candidate": 0, "seed": 1}
     assert queued.user_attrs["retry_of"] == 0 and queued.user_attrs["phase"] == "race"
+
+
+def _companion_with(tmp_path: Path, runs: dict[tuple[int, int], float | None]) -> optuna.Study:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="s.confirm", direction="maximize")
+    plan = {"candidates": [{"trial": 3, "value": 30.0, "params": {}}, {"trial": 5, "value": 29.0, "params": {}}]}
+    study.set_user_attr(confirm.PLAN_ATTR, plan | {"seeds": [1, 2], "estimate_seeds": [3, 4], "alpha": 0.1,
+                                                   "min_seeds": 2, "space": ""})  # fmt: skip
+    dists = confirm.run_distributions(2)
+    for (c, s), v in runs.items():
+        params = {"candidate": c, "seed": s}
+        if v is None:
+            t = optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.FAIL,
+                                          user_attrs={"fail_reason": "diverged at epoch 2"})  # fmt: skip
+        else:
+            t = optuna.trial.create_trial(params=params, distributions=dists, value=v)
+        study.add_trial(t)
+    return study
+
+
+@pytest.mark.parametrize(
+    ("estimates", "value", "value_seeds", "needle"),
+    [
+        ({3: 27.0, 4: 26.0}, 26.5, [3, 4], "held back from the race"),
+        ({3: None, 4: 26.0}, 26.0, [4], "diverged on seed 3, so retraining it can fail"),
+        ({3: None, 4: None}, 28.5, [1, 2], "diverged on every estimate seed [3, 4]"),
+    ],
+)
+def test_a_diverged_estimate_run_is_named_and_left_out_of_the_value(
+    estimates: dict[int, float | None], value: float, value_seeds: list[int], needle: str, tmp_path: Path
+) -> None:
+    race = {(0, 1): 28.0, (0, 2): 29.0, (1, 1): 27.0, (1, 2): 28.5}
+    outcome = summarize(_companion_with(tmp_path, race | {(0, s): v for s, v in estimates.items()}))
+    assert outcome.finished and outcome.winner is not None and outcome.winner.index == 0
+    assert outcome.estimate is not None and outcome.estimate.mean == pytest.approx(value)
+    assert outcome.value_seeds == value_seeds
+    from hpo.results import confirmation_lines
+
+    assert any(needle in line for line in confirmation_lines(outcome, None))
