@@ -16,6 +16,10 @@ What the GP is told (skopt minimises, so values are negated when the study maxim
   of what the trial would have reached; a pruned trial that reported nothing is skipped.
 - RUNNING trials of other workers (`constant_liar`, default on): the worst observed value at their params, so
   parallel workers do not propose the same point while a trial is in flight.
+- FAIL trials whose training diverged (`fail_reason` "training diverged ..."): the worst observed value too. A
+  diverged config is a result about the config, and a GP never told of it proposes the same region again and
+  again (seen here: ten diverging trials in a row, which stopped the worker). Other failures (an interrupted
+  worker, a broken file) say nothing about the params and are skipped.
 
 Until `n_initial_points` trials are observed, and for parameters outside the relative space, the seeded
 independent sampler (`RandomSampler(seed)`) decides. skopt itself replaces a proposal that repeats a point it
@@ -28,7 +32,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,8 @@ from skopt.space import Categorical, Dimension, Integer, Real
 from skopt.utils import cook_estimator
 from threadpoolctl import threadpool_limits
 
+from model.errors import DIVERGED
+
 log = logging.getLogger(__name__)
 
 ACQ_FUNCS = ("EI", "PI", "LCB", "gp_hedge")
@@ -52,6 +58,7 @@ class _Observations:
     xs: list[list[Any]]  # points in skopt's dimension values
     ys: list[float]  # values to minimise
     running: list[list[Any]]  # points of other workers' RUNNING trials
+    diverged: list[list[Any]] = field(default_factory=list)  # points whose training diverged
 
 
 class SkoptSampler(BaseSampler):
@@ -125,9 +132,10 @@ class SkoptSampler(BaseSampler):
         if len(obs.ys) < self._n_initial_points:
             return {}
         xs, ys = self._cap(obs.xs, obs.ys)
-        if obs.running:
+        worse = obs.running + obs.diverged
+        if worse:
             worst = max(obs.ys)
-            xs, ys = xs + obs.running, ys + [worst] * len(obs.running)
+            xs, ys = xs + worse, ys + [worst] * len(worse)
         try:
             point = self._ask(dists, xs, ys)
         except (ValueError, np.linalg.LinAlgError) as exc:  # a degenerate fit must not stop the study
@@ -153,6 +161,7 @@ class SkoptSampler(BaseSampler):
         xs: list[list[Any]] = []
         ys: list[float] = []
         running: list[list[Any]] = []
+        diverged: list[list[Any]] = []
         for t in study.get_trials(deepcopy=False):
             if t.number == trial.number or not _has_params(t, names, dists):
                 continue
@@ -163,13 +172,16 @@ class SkoptSampler(BaseSampler):
             elif t.state == TrialState.RUNNING and self._constant_liar:
                 running.append(_point(t, names, dists))
                 continue
+            elif t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(DIVERGED):
+                diverged.append(_point(t, names, dists))
+                continue
             else:
                 continue
             if value is None or not math.isfinite(value):
                 continue
             xs.append(_point(t, names, dists))
             ys.append(sign * float(value))
-        return _Observations(xs, ys, running)
+        return _Observations(xs, ys, running, diverged)
 
     def _cap(self, xs: list[list[Any]], ys: list[float]) -> tuple[list[list[Any]], list[float]]:
         # Keep the best half (where the optimum is) and the most recent rest (where the search is now).

@@ -23,10 +23,13 @@ class CheckpointError(UsageError):
     """A checkpoint is missing, truncated or does not fit the model."""
 
 
+DIVERGED = "training diverged"  # how a DivergedError's message (a trial's fail_reason) starts
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite; the run cannot go on."""
 
     def __init__(self, epoch: int, loss: float) -> None:  # epoch: 1-based, as the console counts
-        super().__init__(f"training diverged at epoch {epoch}: loss is {loss}")
+        super().__init__(f"{DIVERGED} at epoch {epoch}: loss is {loss}")
         self.epoch = epoch
         self.loss = loss

@@ -201,3 +201,15 @@ def test_multi_objective_is_refused() -> None:
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=SkoptSampler(seed=0))
     with pytest.raises(ValueError, match="multi-objective"):
         study.ask(X)
+
+
+@pytest.mark.parametrize(("reason", "moves"), [("training diverged at epoch 2: loss is nan", True),
+                                               ("interrupted", False)])  # fmt: skip
+def test_a_diverged_trial_is_told_as_the_worst_value_and_the_gp_moves_off_it(reason: str, moves: bool) -> None:
+    study = _seeded_study(SkoptSampler(seed=0, n_initial_points=3, n_points=200))
+    first = study.ask(X)
+    assert abs(first.params["x"] - 0.55) < 0.05
+    first.set_user_attr("fail_reason", reason)  # as the worker records a failure
+    study.tell(first, state=TrialState.FAIL)
+    following = study.ask(X)
+    assert (abs(following.params["x"] - first.params["x"]) > 0.05) is moves
