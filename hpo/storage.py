@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
@@ -35,6 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from hpo.dbretry import RetryingRDBStorage, first_line, permanent_fix
 from hpo.errors import StorageError
+from hpo.locks import LOCK_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +217,14 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> Ba
             "max_overflow": 4,
             "connect_args": {"connect_timeout": 5},
         }
+    if scheme != "sqlite":
+        schema_lock: Any = _schema_lock(url)
+    elif create and parsed.database and parsed.database != ":memory:":
+        schema_lock = _sqlite_schema_lock(parsed.database)
+    else:
+        schema_lock = nullcontext()
     try:
-        with _schema_lock(url) if scheme != "sqlite" else nullcontext(), warnings.catch_warnings():
+        with schema_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             return RetryingRDBStorage(url, where=where, engine_kwargs=engine_kwargs, **kwargs)
     except DatabaseError as exc:  # OperationalError, and sqlite3's "file is not a database"
@@ -280,6 +288,28 @@ def _schema_lock(url: str) -> Iterator[None]:
             yield
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _sqlite_schema_lock(database: str) -> Iterator[None]:
+    """Hold the SQLite file's lock (the one `hpo.locks` takes for its studies) while Optuna creates its tables.
+
+    Workers started together on a new file raced to create the schema: one failed with `UNIQUE constraint
+    failed: alembic_version.version_num` (seen here, two `hpo run` started at once by a benchmark).
+    """
+    path = database + LOCK_SUFFIX
+    try:
+        lock = FileLock(path)
+        lock.acquire()
+    except OSError as exc:
+        raise StorageError(
+            f"cannot take the storage lock {path} ({exc.strerror or exc}): the SQLite file's folder must be "
+            "writable: fix its permissions or move the file"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _open_journal(url: str, create: bool = True) -> JournalStorage:

@@ -324,3 +324,29 @@ def test_database_outage_is_retried_then_a_storage_error(pg_url: str, monkeypatc
         for proxy in proxies:
             proxy.kill()
             proxy.wait()
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from hpo.storage import open_storage
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+open_storage(sys.argv[1])
+"""
+
+
+def test_workers_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Optuna creates the schema without a lock: two `hpo run` started together on a new file raced, and one
+    failed (`UNIQUE constraint failed: alembic_version.version_num`). The file's lock serialises the creation."""
+    url, go = f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, url, str(go)], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    time.sleep(3)  # every process has imported what it needs and waits
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
