@@ -23,7 +23,6 @@ Printed and written to bench/RESULTS.md ("Confirmation"):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from common import RESULTS, loadavg, machine, run_facts, section_header, write_section
+from common import RESULTS, finish, run_facts, seed_log
 from heldout import retrain_trial
 
 from hpo.confirm import companion_name
@@ -149,8 +148,8 @@ def report(results: list[SeedResult]) -> list[str]:
         f"2. Better pick: winner's held-out mean minus the raw best's {b:+.2f} dB (se {b_se:.2f}). Target >= 0: "
         + judge(b, b_se, b >= 0, -b > 2 * b_se if math.isfinite(b_se) else False),
         f"3. Cost: confirmation epochs are {cost:.2f} of the search's; study wall time with confirmation "
-        f"{statistics.fmean([r.seconds for r in results]) / 60:.1f} min (mean). Target < 10 min: "
-        + ("**met**" if max(r.seconds for r in results) < 600 else "**missed**"),
+        f"{statistics.fmean([r.seconds for r in results]) / 60:.1f} min (mean; these runs share the box with what "
+        "else runs: the < 10 min target is README command 1's, timed alone).",
     ]
     return lines
 
@@ -169,16 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         with tempfile.TemporaryDirectory(prefix="bench-confirm-") as tmp:
             for seed in args.seeds:
-                r = one_seed(seed, args.trials, args.held_out, Path(tmp))
-                with LOG.open("a") as f:
-                    f.write(json.dumps(r.__dict__) + "\n")
-                print(json.dumps(r.__dict__), flush=True)
-    results = [SeedResult(**json.loads(line)) for line in LOG.read_text().splitlines() if line.strip()]
-    facts.update(machine=machine("CPU only"), load_after=loadavg(), wall_s=time.perf_counter() - started)
-    section = section_header(HEADING, facts, "the box's other work adds noise to wall times") + report(results)
-    print("\n".join(section))
-    if not args.dry:
-        write_section(args.results, HEADING, "\n".join(section) + "\n")
+                seed_log(LOG, one_seed(seed, args.trials, args.held_out, Path(tmp)).__dict__)
+    results = [SeedResult(**row) for row in seed_log(LOG)]
+    finish(HEADING, facts, started, report(results), args.results, args.dry)
 
 
 if __name__ == "__main__":

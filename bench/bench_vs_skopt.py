@@ -22,7 +22,6 @@ result is appended to bench/skopt_seeds.jsonl; `--report-only` rebuilds the sect
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import optuna
 from bench_confirm import HELD_OUT_OFFSET, judge, mean_se, training_seed
-from common import RESULTS, loadavg, machine, run_facts, section_header, write_section
+from common import RESULTS, finish, run_facts, seed_log
 from heldout import retrain_trial
 
 from hpo.results import answer
@@ -151,17 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-skopt-") as tmp:
             for seed in args.seeds:
                 r = one_seed(seed, args.ours_trials, args.skopt_trials, args.held_out, Path(tmp))
-                row = {"seed": r.seed, "skopt": r.skopt.__dict__, "ours": r.ours.__dict__}
-                with LOG.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
-    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
-    results = [SeedResult(r["seed"], Arm(**r["skopt"]), Arm(**r["ours"])) for r in rows]
-    facts.update(machine=machine("CPU only"), load_after=loadavg(), wall_s=time.perf_counter() - started)
-    section = section_header(HEADING, facts, "the box's other work adds noise to wall times") + report(results)
-    print("\n".join(section))
-    if not args.dry:
-        write_section(args.results, HEADING, "\n".join(section) + "\n")
+                seed_log(LOG, {"seed": r.seed, "skopt": r.skopt.__dict__, "ours": r.ours.__dict__})
+    results = [SeedResult(r["seed"], Arm(**r["skopt"]), Arm(**r["ours"])) for r in seed_log(LOG)]
+    finish(HEADING, facts, started, report(results), args.results, args.dry)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ Imported by the scripts beside it (`python bench/X.py` puts bench/ first on sys.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -82,6 +84,25 @@ def write_section(path: Path, heading: str, section: str) -> None:
         end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
     path.write_text(text)
+
+
+def seed_log(log: Path, row: dict | None = None) -> list[dict]:
+    """A per-seed results file (JSON lines): append `row` when given (as soon as a seed finishes, so a stopped
+    bench keeps what it measured); every row recorded."""
+    if row is not None:
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def finish(heading: str, facts: dict, started: float, lines: list[str], results: Path, dry: bool) -> None:
+    """Print the section (header with the run's facts, then `lines`) and, unless `dry`, write it to `results`."""
+    facts.update(machine=machine("CPU only"), load_after=loadavg(), wall_s=time.perf_counter() - started)
+    section = section_header(heading, facts, "the box's other work adds noise to wall times") + lines
+    print("\n".join(section))
+    if not dry:
+        write_section(results, heading, "\n".join(section) + "\n")
 
 
 def publish(section: str, path: Path | None, heading: str) -> None:
