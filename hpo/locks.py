@@ -65,12 +65,12 @@ def study_lock(study: optuna.Study) -> Iterator[LockState]:
         with _local_lock(study.study_name):
             yield state
         return
-    with _file_lock(path):
+    with file_lock(path):
         yield state
 
 
 @contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def file_lock(path: str, what: str = "study lock") -> Iterator[None]:
     """The `filelock` at `path`; a path that cannot be a lock file is a StorageError naming it and the fix."""
     lock = FileLock(path)
     try:
@@ -80,7 +80,7 @@ def _file_lock(path: str) -> Iterator[None]:
             fix = "it is a directory: remove it (the lock is a file `hpo run` makes) or move the storage file"
         else:
             fix = "the storage's folder must be writable: fix its permissions or move the storage file"
-        raise StorageError(f"cannot take the study lock {path} ({exc.strerror or exc}): {fix}") from None
+        raise StorageError(f"cannot take the {what} {path} ({exc.strerror or exc}): {fix}") from None
     try:
         yield
     finally:

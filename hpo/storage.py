@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from filelock import FileLock
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
@@ -36,7 +35,7 @@ from sqlalchemy.pool import NullPool
 
 from hpo.dbretry import RetryingRDBStorage, first_line, permanent_fix
 from hpo.errors import StorageError
-from hpo.locks import LOCK_SUFFIX
+from hpo.locks import LOCK_SUFFIX, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +218,8 @@ def open_storage(url: str, *, heartbeat: bool = True, create: bool = True) -> Ba
         }
     if scheme != "sqlite":
         schema_lock: Any = _schema_lock(url)
-    elif create and parsed.database and parsed.database != ":memory:":
+    elif create and parsed.database and parsed.database != ":memory:" and Path(parsed.database).parent.is_dir():
+        # (a missing folder is SQLite's error to give, below: filelock would create it, and the file in it)
         schema_lock = _sqlite_schema_lock(parsed.database)
     else:
         schema_lock = nullcontext()
@@ -297,19 +297,8 @@ def _sqlite_schema_lock(database: str) -> Iterator[None]:
     Workers started together on a new file raced to create the schema: one failed with `UNIQUE constraint
     failed: alembic_version.version_num` (seen here, two `hpo run` started at once by a benchmark).
     """
-    path = database + LOCK_SUFFIX
-    try:
-        lock = FileLock(path)
-        lock.acquire()
-    except OSError as exc:
-        raise StorageError(
-            f"cannot take the storage lock {path} ({exc.strerror or exc}): the SQLite file's folder must be "
-            "writable: fix its permissions or move the file"
-        ) from None
-    try:
+    with file_lock(database + LOCK_SUFFIX, "storage lock"):
         yield
-    finally:
-        lock.release()
 
 
 def _open_journal(url: str, create: bool = True) -> JournalStorage:

@@ -93,13 +93,18 @@ def test_bad_storages_are_one_line(case: str, tmp_path: Path, capsys: pytest.Cap
 
 def test_a_lock_path_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    (tmp_path / "l.db.hpo-lock").mkdir()
     study = optuna.create_study(storage=open_storage(url), study_name="s")
+    (tmp_path / "l.db.hpo-lock").unlink()  # the lock file opening the storage left (filelock keeps it)
+    (tmp_path / "l.db.hpo-lock").mkdir()
     from hpo.locks import study_lock
 
-    with pytest.raises(StorageError, match="is a directory: remove it") as info:
+    with pytest.raises(StorageError, match="study lock .* is a directory: remove it") as info:
         with study_lock(study):
             pass
+    assert "\n" not in str(info.value)
+    # A worker opening the file takes the same lock while Optuna checks its schema: the same line, at once.
+    with pytest.raises(StorageError, match="storage lock .* is a directory: remove it") as info:
+        open_storage(url)
     assert "\n" not in str(info.value)
 
 
