@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.budget import claim_trial
 from hpo.errors import SpecError, StudyError
 from hpo.locks import study_lock
-from hpo.racing import Interval, interval, leader, pooled_half, pooled_sd, race, resolvable_difference
+from hpo.racing import Interval, all_finite, interval, leader, pooled_half, pooled_sd, race, resolvable_difference
 from hpo.spec import ConfirmSettings, json_attr
 from hpo.worker import TrialSource
 
@@ -310,7 +310,7 @@ class Confirmation:
         w = self.winner
         if w is None:
             return []
-        return [s for s, v in zip(w.estimate_seeds, w.estimate_values, strict=True) if not _finite_value(v)]
+        return [s for s, v in zip(w.estimate_seeds, w.estimate_values, strict=True) if not all_finite([v])]
 
     @property
     def value_seeds(self) -> list[int]:
@@ -379,10 +379,6 @@ def summarize(confirm: optuna.Study) -> Confirmation:
     )
 
 
-def _finite_value(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
-
-
 def _estimate(winner: CandidateResult, noise: tuple[float, int] | None) -> Interval | None:
     """The winner's mean over its estimate seeds; the interval's spread is the pooled seed noise (its own two or
     three values would give a t interval with one or two degrees of freedom, several times wider).
@@ -391,7 +387,7 @@ def _estimate(winner: CandidateResult, noise: tuple[float, int] | None) -> Inter
     -inf would say nothing about the runs that trained, and is no JSON number. Diverged on every estimate seed,
     the value falls back to the race mean, which the note says leans high.
     """
-    finite = [v for v in winner.estimate_values if _finite_value(v)]
+    finite = [v for v in winner.estimate_values if all_finite([v])]
     if not finite:
         return winner.interval
     own = interval(finite)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-__all__ = ["Interval", "interval", "leader", "pooled_half", "pooled_sd", "race", "resolvable_difference"]
+__all__ = ["Interval", "all_finite", "interval", "leader", "pooled_half", "pooled_sd", "race", "resolvable_difference"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Interval:
         return None if self.half is None else self.mean + self.half
 
 
-def _finite(values: Sequence[float | None]) -> bool:
+def all_finite(values: Sequence[float | None]) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
@@ -46,7 +46,7 @@ def interval(values: Sequence[float | None], level: float = 0.95) -> Interval:
     n = len(values)
     if n == 0:
         raise ValueError("no values")
-    if not _finite(values):
+    if not all_finite(values):
         return Interval(-math.inf, None, n)
     xs = [float(v) for v in values if v is not None]
     mean = statistics.fmean(xs)
@@ -75,7 +75,7 @@ def race(values: Mapping[int, Sequence[float | None]], alpha: float, min_seeds: 
         return set()
     best = leader(values)
     lead = [values[best][i] for i in range(n)]
-    if not _finite(lead):
+    if not all_finite(lead):
         return set()
     critical = float(stats.t.ppf(1 - alpha, n - 1))
     dropped = set()
@@ -83,7 +83,7 @@ def race(values: Mapping[int, Sequence[float | None]], alpha: float, min_seeds: 
         if c == best:
             continue
         own = [vals[i] for i in range(n)]
-        if not _finite(own):
+        if not all_finite(own):
             dropped.add(c)
             continue
         diffs = [float(a) - float(b) for a, b in zip(own, lead, strict=True)]  # type: ignore[arg-type]
